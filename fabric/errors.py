@@ -1,0 +1,43 @@
+"""User-facing errors.
+
+Anything the user can fix (a bad path, an invalid value, missing weights) raises a subclass of
+:class:`FabricOptError`. The CLI prints ``error: <message>`` on one line and exits with code 2;
+library users catch it like any ``ValueError``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FabricOptError",
+    "InvalidParameterError",
+    "ImageError",
+    "ModelLoadError",
+    "WeightsNotFoundError",
+    "ConfigError",
+]
+
+
+class FabricOptError(ValueError):
+    """Base class of every error caused by user input. Messages are one line."""
+
+    exit_code = 2
+
+
+class InvalidParameterError(FabricOptError):
+    """A parameter value is out of range or inconsistent with another one."""
+
+
+class ImageError(FabricOptError):
+    """A reference or target image is missing, unreadable or in an unsupported format."""
+
+
+class ModelLoadError(FabricOptError):
+    """A model id, folder or checkpoint file could not be loaded."""
+
+
+class WeightsNotFoundError(ModelLoadError):
+    """Reward-model weights are neither local nor reachable on the hub."""
+
+
+class ConfigError(FabricOptError):
+    """A study file, search-space file, preset or prompt file is invalid."""
