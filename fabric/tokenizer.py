@@ -42,12 +42,15 @@ def clip_bpe_vocab() -> tuple[dict[str, int], tuple[str, ...]]:
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
 
+@functools.lru_cache(maxsize=4)
 def offline_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endoftext|>"):
     """A ``transformers.CLIPTokenizer`` (49,408 tokens) built without any download.
 
     Args:
         model_max_length: the text encoder's number of positions.
         pad_token: SD 1.x pads with ``<|endoftext|>``; SD 2.x / open_clip's bigG use ``"!"``.
+
+    The tokenizer is cached (building it takes a few seconds); treat it as read-only.
     """
     from transformers import CLIPTokenizer
 

@@ -1,1 +1,1 @@
-
+"""The ``fabric-opt`` command line. ``app.py`` assembles one module per command group."""

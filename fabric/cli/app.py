@@ -1,0 +1,74 @@
+"""The ``fabric-opt`` application: assembles the command modules and maps user errors to
+one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from fabric.cli.generate import generate
+
+app = typer.Typer(
+    name="fabric-opt",
+    help="Tune FABRIC feedback for Stable Diffusion with Bayesian optimisation.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.command("generate")(generate)
+
+
+@app.callback()
+def _root() -> None:
+    """Tune FABRIC feedback for Stable Diffusion with Bayesian optimisation."""
+
+
+def _register_optional_commands() -> None:
+    # command groups that live with the library parts they drive
+    import importlib
+
+    for module, names in (
+        ("fabric.cli.study", ("study", "report", "export", "worker")),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        for name in names:
+            if hasattr(mod, name):
+                app.command(name.replace("_", "-"))(getattr(mod, name))
+
+
+_register_optional_commands()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    from fabric.errors import FabricOptError
+
+    try:  # recent typer vendors click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover - typer on top of click
+        from click import ClickException
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = typer.main.get_command(app).main(args=argv, prog_name="fabric-opt", standalone_mode=False)
+    except FabricOptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
+    except ClickException as exc:  # usage errors: one line, not click's multi-line box
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

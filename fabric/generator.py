@@ -1,0 +1,539 @@
+"""FABRIC on a stock diffusers pipeline.
+
+:class:`FabricGenerator` drives the unmodified ``StableDiffusionPipeline`` /
+``StableDiffusionXLPipeline`` and adds FABRIC through two seams:
+
+* :class:`~fabric.attention.FabricAttnProcessor` on every ``attn1`` layer (restored in
+  ``finally``), sharing one :class:`~fabric.attention.FabricState` keyed by layer name;
+* a forward pre-hook on the U-Net that, at each step that needs it, noises the reference latents
+  to the step's noise level, runs the U-Net on them with the empty prompt in ``"record"`` mode,
+  and hands the recorded tokens and the step's weights to the processors.
+
+Every scheduler, callback and pipeline option keeps working, and with no references (or all
+weights 0) the pipeline runs untouched, so the output equals the plain pipeline bit for bit.
+
+Reference latents are cached per image, and recorded reference tokens per (image, timestep),
+on the device, so a reference seen in an earlier round of an iterative session is never run
+through the U-Net again (its noise is deterministic per image and timestep).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+
+from fabric.attention import BiasMode, FabricAttnProcessor, FabricState, LayerReferences
+from fabric.errors import InvalidParameterError
+from fabric.images import ImageLike, image_key, load_images
+from fabric.params import FabricParams
+from fabric.schedule import layer_weights, step_weights
+
+__all__ = ["FabricGenerator", "AttentionBasedGenerator", "ReferenceStateCache", "drop_words"]
+
+logger = logging.getLogger(__name__)
+
+
+def _stable_seed(*parts: object) -> int:
+    """A seed from its parts that is the same in every process (unlike ``hash()``)."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def drop_words(prompt: str, p: float, seed: int) -> str:
+    """Drop each word of ``prompt`` independently with probability ``p`` (seeded)."""
+    if p <= 0:
+        return prompt
+    rng = random.Random(seed)
+    return " ".join(w for w in prompt.split() if rng.random() >= p)
+
+
+class ReferenceStateCache:
+    """LRU store of recorded reference tokens, bounded in bytes.
+
+    Key: ``(image key, timestep, latent height, latent width)``. Value: layer name ->
+    ``(M, C)`` tokens of that image at that layer. Entries stay on the device they were
+    recorded on. One SD 1.5 reference at 512x512 is about 23 MB per step in fp16, so the
+    default 1 GiB holds roughly two references over a 20-step schedule; older entries are
+    evicted first.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30) -> None:
+        self.max_bytes = int(max_bytes)
+        self._entries: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _size(states: dict[str, torch.Tensor]) -> int:
+        return sum(t.numel() * t.element_size() for t in states.values())
+
+    def get(self, key: tuple) -> dict[str, torch.Tensor] | None:
+        states = self._entries.get(key)
+        if states is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return states
+
+    def put(self, key: tuple, states: dict[str, torch.Tensor]) -> None:
+        size = self._size(states)
+        if size > self.max_bytes:
+            return
+        if key in self._entries:
+            self.nbytes -= self._size(self._entries.pop(key))
+        self._entries[key] = states
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.nbytes -= self._size(old)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    key: str  # content hash of the image
+    latent: torch.Tensor  # (4, h, w) clean latent, scaled by the VAE's scaling factor
+
+
+class FabricGenerator:
+    """Text-to-image generation with FABRIC feedback on a diffusers pipeline.
+
+    Args:
+        pipeline: a ``StableDiffusionPipeline`` or ``StableDiffusionXLPipeline`` whose
+            scheduler has ``alphas_cumprod``.
+        cache_bytes: bound of the reference-token cache (see :class:`ReferenceStateCache`);
+            0 disables it.
+        bias_mode: ``"mask"`` or ``"fold"``, how the log-weight bias reaches fused attention.
+
+    Example:
+        >>> gen = FabricGenerator.from_pretrained("tiny")
+        >>> first = gen.generate("a red circle", n_images=4, seed=0)
+        >>> better = gen.generate("a red circle", liked=first[:1], disliked=first[3:], seed=1)
+    """
+
+    def __init__(self, pipeline, *, cache_bytes: int = 1 << 30, bias_mode: BiasMode = "mask") -> None:
+        scheduler = pipeline.scheduler
+        if getattr(scheduler, "alphas_cumprod", None) is None:
+            raise InvalidParameterError(
+                f"scheduler {type(scheduler).__name__} has no alphas_cumprod; FABRIC needs a DDPM-family "
+                "scheduler (Euler, Euler ancestral, DDIM, DPM++, UniPC, PNDM, LMS, ...)"
+            )
+        self.pipeline = pipeline
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.bias_mode: BiasMode = bias_mode
+        self.state_cache = ReferenceStateCache(cache_bytes)
+        self._latent_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._latent_cache_size = 64
+        self.last_seeds: list[int] = []
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str = "tiny",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        scheduler: str | None = None,
+        model_type: str | None = None,
+        config: str | None = None,
+        **kwargs,
+    ) -> "FabricGenerator":
+        """Load ``model`` (``"tiny"``, ``"toy"``, a hub id, a diffusers folder, or a single
+        ``.safetensors``/``.ckpt`` file) onto ``device`` in ``dtype``.
+
+        Args:
+            scheduler: optional scheduler name (see :mod:`fabric.schedulers`).
+            model_type: ``"sd"`` or ``"xl"`` for single-file checkpoints (detected if omitted).
+            config: local diffusers folder with the configs of a single-file checkpoint.
+            **kwargs: passed to :class:`FabricGenerator`.
+        """
+        from fabric.models import load_pipeline
+
+        pipe = load_pipeline(model, device=device, dtype=dtype, model_type=model_type, config=config)
+        if scheduler is not None:
+            from fabric.schedulers import set_scheduler
+
+            set_scheduler(pipe, scheduler)
+        return cls(pipe, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipeline.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.unet.dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "FabricGenerator":
+        for module in self._modules():
+            module.to(device=device, dtype=dtype)
+        self._latent_cache.clear()
+        self.state_cache.clear()
+        return self
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [m for m in self.pipeline.components.values() if isinstance(m, torch.nn.Module)]
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        side = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+        return side, side
+
+    # ---- generation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str] = "",
+        liked: Sequence[ImageLike] = (),
+        disliked: Sequence[ImageLike] = (),
+        params: FabricParams | None = None,
+        n_images: int = 4,
+        seed: int | Sequence[int] = 0,
+        height: int | None = None,
+        width: int | None = None,
+        *,
+        output_type: str = "pil",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[Image.Image] | torch.Tensor:
+        """Generate ``n_images`` images for ``prompt`` with liked/disliked feedback.
+
+        Args:
+            prompt: one prompt, or one per image.
+            negative_prompt: one negative prompt, or one per image.
+            liked: images (PIL or paths) to pull towards; the most recent
+                ``params.max_references`` are used.
+            disliked: images to push away from (through the unconditional half of guidance).
+            params: the FABRIC parameters; defaults to :meth:`FabricParams.paper`.
+            n_images: number of images.
+            seed: one seed for the whole batch (the same latents as the plain pipeline given
+                ``torch.Generator().manual_seed(seed)``), or one seed per image.
+            height, width: image size, multiples of 8; the model's default when omitted.
+            output_type: ``"pil"`` or ``"latent"`` (a ``(n, 4, h/8, w/8)`` tensor).
+            progress: called as ``progress(step, total)`` after every denoising step.
+
+        Returns:
+            ``n_images`` PIL images (or latents for ``output_type="latent"``).
+        """
+        # 1. Check inputs
+        params = FabricParams() if params is None else params
+        if not isinstance(params, FabricParams):
+            raise InvalidParameterError(f"params must be FabricParams, got {type(params).__name__}")
+        if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+            raise InvalidParameterError(f"n_images must be a positive integer, got {n_images!r}")
+        prompts = self._per_image("prompt", prompt, n_images)
+        negatives = self._per_image("negative_prompt", negative_prompt, n_images)
+        seeds = self._seeds(seed, n_images)
+        default_h, default_w = self.default_size
+        height, width = height or default_h, width or default_w
+        factor = self.pipeline.vae_scale_factor
+        if height % factor or width % factor:
+            raise InvalidParameterError(f"height and width must be multiples of {factor}, got {height}x{width}")
+
+        # 2. Feedback images: the most recent max_references of each polarity
+        liked_images = load_images(liked)
+        disliked_images = load_images(disliked)
+        if params.max_references is not None:
+            liked_images = liked_images[-params.max_references :]
+            disliked_images = disliked_images[-params.max_references :]
+
+        # 3. Prompt dropout, seeded per image
+        if params.prompt_dropout > 0:
+            prompts = [drop_words(p, params.prompt_dropout, _stable_seed("dropout", s, i)) for i, (p, s) in enumerate(zip(prompts, seeds))]
+
+        # 4. Seeds -> generators (CPU generators: the same images on every device)
+        if isinstance(seed, int):
+            generator: torch.Generator | list[torch.Generator] = torch.Generator("cpu").manual_seed(seed)
+        else:
+            generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        self.last_seeds = seeds
+
+        call = dict(
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            generator=generator,
+            height=height,
+            width=width,
+            output_type=output_type,
+        )
+        if len(set(prompts)) == 1 and len(set(negatives)) == 1:
+            call.update(prompt=prompts[0], negative_prompt=negatives[0], num_images_per_prompt=n_images)
+        else:
+            call.update(prompt=prompts, negative_prompt=negatives)
+        if progress is not None:
+            total = params.steps
+
+            def on_step_end(pipe, i, t, kwargs):
+                progress(i + 1, total)
+                return kwargs
+
+            call["callback_on_step_end"] = on_step_end
+
+        # 5. Denoise: plain pipeline when there is nothing to feed back
+        has_feedback = (liked_images or disliked_images) and (params.max_weight > 0)
+        if not has_feedback:
+            return self._images(self.pipeline(**call))
+        pos = self._references(liked_images, height, width)
+        neg = self._references(disliked_images, height, width)
+        with self._fabric_hooks(pos, neg, params, n_images, (height, width)):
+            return self._images(self.pipeline(**call))
+
+    @staticmethod
+    def _images(output):
+        return output.images if not isinstance(output.images, torch.Tensor) else output.images
+
+    @staticmethod
+    def _per_image(name: str, value: str | Sequence[str], n: int) -> list[str]:
+        if isinstance(value, str):
+            return [value] * n
+        values = list(value)
+        if len(values) != n or not all(isinstance(v, str) for v in values):
+            raise InvalidParameterError(f"{name} must be a string or a list of {n} strings")
+        return values
+
+    @staticmethod
+    def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
+        if isinstance(seed, bool):
+            raise InvalidParameterError(f"seed must be an integer, got {seed!r}")
+        if isinstance(seed, int):
+            return [seed] * n
+        seeds = list(seed)
+        if len(seeds) != n or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise InvalidParameterError(f"seed must be an integer or a list of {n} integers")
+        return seeds
+
+    # ---- references ------------------------------------------------------------------------
+    def _references(self, images: list[Image.Image], height: int, width: int) -> list[_Reference]:
+        """Encode images to clean latents with the VAE, cached per (image, size)."""
+        keys = [image_key(img) for img in images]
+        missing = [(k, img) for k, img in zip(keys, images) if (k, height, width) not in self._latent_cache]
+        if missing:
+            vae = self.pipeline.vae
+            pixels = self.pipeline.image_processor.preprocess([img for _, img in missing], height=height, width=width)
+            pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+            # the posterior mean, not a sample: a reference must encode the same way every round
+            latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
+            for (k, _), z in zip(missing, latents):
+                self._latent_cache[(k, height, width)] = z.to(self.dtype)
+                if len(self._latent_cache) > self._latent_cache_size:
+                    self._latent_cache.popitem(last=False)
+        refs = []
+        for k in keys:
+            self._latent_cache.move_to_end((k, height, width))
+            refs.append(_Reference(k, self._latent_cache[(k, height, width)]))
+        return refs
+
+    def _empty_prompt(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(1, 77, D)`` embedding of the empty prompt, and its pooled embedding for SDXL."""
+        pipe = self.pipeline
+        out = pipe.encode_prompt("", device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+        if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
+            return out[0], out[2]
+        return out[0], None
+
+    def _alpha_bar(self, t: torch.Tensor | float) -> float:
+        """``abar`` at a (possibly fractional) timestep, interpolating sigma linearly in t as the
+        Euler family does; exact at integer timesteps."""
+        ac = self.pipeline.scheduler.alphas_cumprod.double()
+        sigmas = ((1 - ac) / ac).sqrt()
+        t = float(t)
+        lo = min(max(int(t), 0), len(ac) - 1)
+        hi = min(lo + 1, len(ac) - 1)
+        frac = t - lo
+        sigma = (1 - frac) * sigmas[lo] + frac * sigmas[hi]
+        return float(1.0 / (sigma**2 + 1.0))
+
+    def _record(
+        self, refs: list[_Reference], t, state: FabricState, empty: torch.Tensor, pooled, time_ids
+    ) -> list[dict[str, torch.Tensor]]:
+        """Tokens of each reference at every ``attn1`` layer, at timestep ``t``.
+
+        Cached references are reused; the others run through the U-Net in one batch.
+        """
+        t_key = round(float(t), 4)
+        h, w = refs[0].latent.shape[-2:]
+        keys = [(r.key, t_key, h, w) for r in refs]
+        found = [self.state_cache.get(k) if self.state_cache.max_bytes else None for k in keys]
+        todo = [i for i, s in enumerate(found) if s is None]
+        if todo:
+            a = self._alpha_bar(t)
+            z0 = torch.stack([refs[i].latent for i in todo])  # (R, 4, h, w)
+            eps = torch.stack(
+                [
+                    torch.randn(z0.shape[1:], generator=torch.Generator("cpu").manual_seed(_stable_seed("ref-noise", refs[i].key, t_key)))
+                    for i in todo
+                ]
+            ).to(device=z0.device, dtype=z0.dtype)
+            z_t = a**0.5 * z0 + (1 - a) ** 0.5 * eps
+            n = len(todo)
+            added = None
+            if pooled is not None:
+                added = {"text_embeds": pooled.expand(n, -1), "time_ids": time_ids.expand(n, -1)}
+            state.mode, state.recorded = "record", {}
+            try:
+                self.pipeline.unet(z_t, t, encoder_hidden_states=empty.expand(n, -1, -1), added_cond_kwargs=added, return_dict=False)
+            finally:
+                state.mode = "off"
+            recorded, state.recorded = state.recorded, {}
+            for j, i in enumerate(todo):
+                found[i] = {name: tokens[j] for name, tokens in recorded.items()}  # (M, C) per layer
+                if self.state_cache.max_bytes:
+                    self.state_cache.put(keys[i], found[i])
+        return found  # type: ignore[return-value]
+
+    def _fabric_hooks(self, pos: list[_Reference], neg: list[_Reference], params: FabricParams, n_images: int, size):
+        """Context manager: FABRIC processors on ``attn1`` plus the U-Net pre-hook, undone on exit."""
+        import contextlib
+
+        unet = self.pipeline.unet
+        scheduler = self.pipeline.scheduler
+        guidance = params.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
+        state = FabricState(guidance=guidance, bias_mode=self.bias_mode)
+        previous = dict(unet.attn_processors)
+        self_attn = [name for name in previous if name.endswith("attn1.processor")]
+        layer_names = [name[: -len(".processor")] for name in self_attn]
+        n_down = len(unet.down_blocks)
+        empty, pooled = self._empty_prompt()
+        n_steps = params.steps
+
+        def pre_hook(module, args, kwargs):
+            if state.mode == "record":  # the reference pass itself
+                return None
+            t = args[1] if len(args) > 1 else kwargs["timestep"]
+            timesteps = scheduler.timesteps
+            index = int((timesteps.to(torch.float64).cpu() - float(t)).abs().argmin())
+            step = index * n_steps // max(len(timesteps), 1)  # higher-order schedulers repeat timesteps
+            w = step_weights(step, n_steps, params)
+            use_pos = pos if w.pos > 0 else []
+            use_neg = neg if (w.neg > 0 and guidance) else []
+            if not use_pos and not use_neg:
+                state.mode, state.layers = "off", {}
+                return None
+            time_ids = None
+            if pooled is not None:
+                added = kwargs.get("added_cond_kwargs") or {}
+                time_ids = added["time_ids"][-1:]  # the conditional half's (size, crop, target) ids
+            tokens = self._record(use_pos + use_neg, t, state, empty, pooled, time_ids)
+            pos_tokens, neg_tokens = tokens[: len(use_pos)], tokens[len(use_pos) :]
+            pos_w = layer_weights(layer_names, w.pos, params.pos_bottleneck_scale, n_down)
+            neg_w = layer_weights(layer_names, w.neg, params.neg_bottleneck_scale, n_down)
+            layers = {}
+            for name in layer_names:
+                p = torch.cat([s[name] for s in pos_tokens]) if pos_tokens and pos_w[name] > 0 else None
+                q = torch.cat([s[name] for s in neg_tokens]) if neg_tokens and neg_w[name] > 0 else None
+                layers[name] = LayerReferences(p, q, pos_w[name], neg_w[name])
+            state.mode, state.layers = "inject", layers
+            return None
+
+        @contextlib.contextmanager
+        def hooks():
+            processors = {
+                name: FabricAttnProcessor(name[: -len(".processor")], state, proc) if name in self_attn else proc
+                for name, proc in previous.items()
+            }
+            unet.set_attn_processor(processors)
+            handle = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            try:
+                yield state
+            finally:
+                handle.remove()
+                unet.set_attn_processor(previous)
+                state.layers, state.recorded, state.mode = {}, {}, "off"
+
+        return hooks()
+
+
+class AttentionBasedGenerator:
+    """The original FABRIC API (``fabric.generator.AttentionBasedGenerator``) on this implementation.
+
+    Keyword names and defaults follow the original ``generate``; the model is loaded with
+    :func:`fabric.models.load_pipeline`, so ``model_name="tiny"`` works offline. The original
+    used Euler ancestral sampling; so does this class.
+    """
+
+    def __init__(
+        self,
+        model_ckpt: str | None = None,
+        model_name: str | None = None,
+        stable_diffusion_version: str = "1.5",
+        lora_weights: str | None = None,
+        torch_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if model_name is None and model_ckpt is None:
+            model_name = {"1.5": "runwayml/stable-diffusion-v1-5", "2.1": "stabilityai/stable-diffusion-2-1"}.get(
+                stable_diffusion_version
+            )
+            if model_name is None:
+                raise InvalidParameterError(
+                    f"unknown stable_diffusion_version {stable_diffusion_version!r}; use '1.5' or '2.1'"
+                )
+        from fabric.models import load_pipeline
+        from fabric.schedulers import set_scheduler
+
+        pipe = load_pipeline(model_ckpt or model_name, dtype=torch_dtype)
+        set_scheduler(pipe, "euler-a")
+        if lora_weights:
+            from fabric.lora import load_lora
+
+            load_lora(pipe, lora_weights)
+        self.fabric = FabricGenerator(pipe)
+        self.pipeline = pipe
+
+    def to(self, device: str | torch.device) -> "AttentionBasedGenerator":
+        self.fabric.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.fabric.device
+
+    def generate(
+        self,
+        prompt: str | list[str] = "a photo of an astronaut riding a horse on mars",
+        negative_prompt: str | list[str] = "",
+        liked: Sequence[ImageLike] = (),
+        disliked: Sequence[ImageLike] = (),
+        seed: int = 42,
+        n_images: int = 1,
+        guidance_scale: float = 8.0,
+        denoising_steps: int = 20,
+        feedback_start: float = 0.33,
+        feedback_end: float = 0.66,
+        min_weight: float = 0.1,
+        max_weight: float = 1.0,
+        neg_scale: float = 0.5,
+        pos_bottleneck_scale: float = 1.0,
+        neg_bottleneck_scale: float = 1.0,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> list[Image.Image]:
+        params = FabricParams(
+            feedback_start=feedback_start,
+            feedback_end=feedback_end,
+            min_weight=min_weight,
+            max_weight=max_weight,
+            neg_scale=neg_scale,
+            pos_bottleneck_scale=pos_bottleneck_scale,
+            neg_bottleneck_scale=neg_bottleneck_scale,
+            steps=denoising_steps,
+            guidance_scale=guidance_scale,
+        )
+        return self.fabric.generate(
+            prompt, negative_prompt, liked, disliked, params=params, n_images=n_images, seed=seed, height=height, width=width
+        )
