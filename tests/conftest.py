@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# helpers shared by test packages (tests/servers.py) import as top-level modules
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Hubs are unreachable in CI; fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
