@@ -287,12 +287,38 @@ class FabricGenerator:
 
         # 5. Denoise: plain pipeline when there is nothing to feed back
         has_feedback = (liked_images or disliked_images) and (params.max_weight > 0)
-        if not has_feedback:
-            return self._images(self.pipeline(**call))
-        pos = self._references(liked_images, height, width)
-        neg = self._references(disliked_images, height, width)
-        with self._fabric_hooks(pos, neg, params, n_images, (height, width)):
-            return self._images(self.pipeline(**call))
+        pos = self._references(liked_images, height, width) if has_feedback else []
+        neg = self._references(disliked_images, height, width) if has_feedback else []
+        return self._denoise(call, pos, neg, params, n_images, prompts, negatives, seed)
+
+    def _denoise(self, call: dict, pos, neg, params: FabricParams, n: int, prompts, negatives, seed):
+        """Run the pipeline; on out-of-memory with per-image seeds, retry in two halves.
+
+        Per-image seeds make the halves produce exactly the images of the full batch; with one
+        seed for the whole batch the latents depend on the batch size, so the error is raised.
+        """
+        try:
+            if not pos and not neg:
+                return self._images(self.pipeline(**call))
+            with self._fabric_hooks(pos, neg, params, n, (call["height"], call["width"])):
+                return self._images(self.pipeline(**call))
+        except torch.OutOfMemoryError:
+            if isinstance(seed, int) or n == 1:
+                raise
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        logger.warning("out of memory with %d images per batch; retrying in batches of %d", n, (n + 1) // 2)
+        half = (n + 1) // 2
+        outputs = []
+        for rows in (slice(0, half), slice(half, n)):
+            sub = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt", "num_images_per_prompt")}
+            # fresh generators: the failed attempt already drew the initial latents from the old ones
+            fresh = [torch.Generator("cpu").manual_seed(s) for s in list(seed)[rows]]
+            sub.update(prompt=prompts[rows], negative_prompt=negatives[rows], generator=fresh)
+            outputs.append(self._denoise(sub, pos, neg, params, len(prompts[rows]), prompts[rows], negatives[rows], list(seed)[rows]))
+        if isinstance(outputs[0], torch.Tensor):
+            return torch.cat(outputs)
+        return outputs[0] + outputs[1]
 
     @staticmethod
     def _images(output):

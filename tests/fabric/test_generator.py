@@ -165,3 +165,25 @@ def test_unknown_model_is_a_load_error():
         load_pipeline("./no/such/model")
     with pytest.raises(ModelLoadError, match="not found"):
         load_pipeline("missing.safetensors")
+
+
+def test_out_of_memory_retries_in_halves_with_identical_images(tiny_generator, solid_images):
+    gen = tiny_generator
+    kw = dict(liked=[solid_images["red"]], params=P, n_images=4, seed=[1, 2, 3, 4], output_type="latent")
+    expected = gen.generate("x", **kw)
+    calls = []
+
+    def oom_on_big_batches(module, args):
+        calls.append(args[0].shape[0])
+        if args[0].shape[0] > 4:  # the guided batch of 4 images is 8 rows
+            raise torch.OutOfMemoryError("simulated CUDA out of memory")
+
+    handle = gen.pipeline.unet.register_forward_pre_hook(oom_on_big_batches)
+    try:
+        got = gen.generate("x", **kw)
+        with pytest.raises(torch.OutOfMemoryError):  # one seed for the batch cannot be split exactly
+            gen.generate("x", liked=[solid_images["red"]], params=P, n_images=4, seed=0)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert max(calls) > 4 and 4 in calls
