@@ -1,0 +1,646 @@
+"""Trial evaluation: the FABRIC paper's feedback protocols as an Optuna objective.
+
+One trial runs, per prompt, ``rounds`` rounds of ``n_images`` images. After each round a
+simulated user likes one image and dislikes another (the feedback for the next round):
+
+* ``feedback="preference"``: the user's taste is a reward model (``feedback_objective``, by
+  default the scored objective);
+* ``feedback="target"``: the user's taste is similarity to a per-prompt target image
+  (``objective.with_target(image)``).
+
+With ``temperature=0`` the user likes the best image and dislikes the worst; with
+``temperature>0`` the user is noisy: a Bradley-Terry (softmax) choice over the scores,
+``P(like i) ∝ exp(s_i / T)``, then ``P(dislike j) ∝ exp(-s_j / T)`` among the others, with ``T``
+in the score's units and the choices seeded per (prompt, round).
+
+Common random numbers: the seed of image ``i`` of round ``r`` of prompt ``p`` is a stable hash of
+``(protocol seed, split, replicate, p, r, i)``, so two trials differ only by their parameters,
+and the same parameters give the same value.
+
+Trial value (per objective, averaged over prompts): ``"improvement"`` (default) is the final
+round's mean score minus the no-feedback baseline's on the same seeds; ``"final"`` is the
+final round's mean score; ``"mean"`` the mean over the rounds that received feedback (rounds
+1..R-1). The baseline (base parameters, no liked/disliked images) is computed once per evaluator
+and split, cached in memory and, with ``baseline_cache``, in a JSON file keyed by a fingerprint
+of everything it depends on.
+
+Held-out ``validation_prompts`` are never scored inside a trial; :meth:`TrialEvaluator.evaluate`
+with ``split="validation"`` scores them for the final recommendation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Union
+
+from fabric.errors import ConfigError, ImageError
+from fabric.params import FabricParams
+from optimize.space import SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+    from PIL import Image
+
+__all__ = [
+    "DEFAULT_NEGATIVE_PROMPT",
+    "Protocol",
+    "TrialEvaluator",
+    "TrialResult",
+    "PromptResult",
+    "NonFiniteScoreError",
+    "RoundCallback",
+    "choose_feedback",
+    "evaluate",
+    "image_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+# The FABRIC paper's negative prompt for its evaluation (DESIGN section 4).
+DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
+
+FeedbackKind = Literal["preference", "target"]
+ValueKind = Literal["improvement", "final", "mean"]
+Split = Literal["train", "validation"]
+ImageLike = Union["Image.Image", str, Path]
+# on_round(prompt_index, round, images, scores): scores maps objective name -> per-image scores.
+RoundCallback = Callable[[int, int, list, Mapping[str, list[float]]], None]
+
+_CACHE_VERSION = 1
+
+
+def choose_feedback(scores: Sequence[float], temperature: float, *, seed: int) -> tuple[int, int]:
+    """The simulated user's choice: indices of the liked and the disliked image.
+
+    Args:
+        scores: per-image scores, higher is better.
+        temperature: 0 likes the best and dislikes the worst; > 0 is a Bradley-Terry (softmax)
+            user, ``P(like i) ∝ exp(s_i / T)`` and then ``P(dislike j) ∝ exp(-s_j / T)`` among the
+            other images.
+        seed: seeds the noisy user's draws.
+    """
+    n = len(scores)
+    if n < 2:
+        raise ConfigError(f"the user needs at least 2 images to like one and dislike another, got {n}")
+    if temperature == 0:
+        like = max(range(n), key=lambda i: scores[i])
+        dislike = min((i for i in range(n) if i != like), key=lambda i: scores[i])
+        return like, dislike
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    s = np.asarray(scores, dtype=np.float64) / temperature
+    like_p = np.exp(s - s.max())
+    like = int(rng.choice(n, p=like_p / like_p.sum()))
+    others = np.array([i for i in range(n) if i != like])
+    dislike_p = np.exp(-(s[others] - s[others].min()))
+    dislike = int(others[rng.choice(len(others), p=dislike_p / dislike_p.sum())])
+    return like, dislike
+
+
+class NonFiniteScoreError(RuntimeError):
+    """An objective returned NaN or infinity; the trial fails instead of feeding it to a sampler."""
+
+
+def image_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` that is the same in every process (unlike ``hash()``)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one trial is evaluated (see module docs). Validated on construction.
+
+    Args:
+        prompts: prompts the sampler sees (train split).
+        validation_prompts: held-out prompts, scored only for the final recommendation.
+        rounds: feedback rounds per prompt (the paper: 3).
+        n_images: images per round (the paper: 4); at least 2 when there is feedback.
+        feedback: ``"preference"`` (reward-model user) or ``"target"`` (similarity to a target).
+        targets: one target image (PIL or path) per prompt, for ``feedback="target"``.
+        validation_targets: one target image per validation prompt.
+        temperature: 0 for the greedy user; > 0 for the noisy Bradley-Terry user (score units).
+        value: ``"improvement"``, ``"final"`` or ``"mean"`` (see module docs).
+        negative_prompt: negative prompt of every generation.
+        seed: the study seed every image and user seed derives from.
+        height, width: image size; the generator's default when ``None``.
+        prune: report the running mean after each prompt and stop the trial when the study's
+            pruner says so (single objective only).
+    """
+
+    prompts: tuple[str, ...]
+    validation_prompts: tuple[str, ...] = ()
+    rounds: int = 3
+    n_images: int = 4
+    feedback: FeedbackKind = "preference"
+    targets: tuple[ImageLike, ...] = ()
+    validation_targets: tuple[ImageLike, ...] = ()
+    temperature: float = 0.0
+    value: ValueKind = "improvement"
+    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    prune: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("prompts", "validation_prompts", "targets", "validation_targets"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+        if not self.prompts:
+            raise ConfigError("the protocol needs at least one prompt")
+        for prompt in (*self.prompts, *self.validation_prompts):
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ConfigError(f"prompts must be non-empty strings, got {prompt!r}")
+        for name in ("rounds", "n_images", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"protocol {name} must be an integer, got {value!r}")
+        if self.rounds < 1:
+            raise ConfigError(f"protocol rounds must be >= 1, got {self.rounds}")
+        if self.n_images < (2 if self.rounds > 1 else 1):
+            raise ConfigError(f"protocol n_images must be >= 2 to like one image and dislike another, got {self.n_images}")
+        if self.feedback not in ("preference", "target"):
+            raise ConfigError(f"protocol feedback must be 'preference' or 'target', got {self.feedback!r}")
+        if self.value not in ("improvement", "final", "mean"):
+            raise ConfigError(f"protocol value must be 'improvement', 'final' or 'mean', got {self.value!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise ConfigError(f"protocol temperature must be a number, got {self.temperature!r}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"protocol temperature must be finite and >= 0, got {self.temperature}")
+        if self.feedback == "target":
+            if len(self.targets) != len(self.prompts):
+                raise ConfigError(f"target feedback needs one target per prompt: {len(self.prompts)} prompts, {len(self.targets)} targets")
+            if len(self.validation_targets) != len(self.validation_prompts):
+                raise ConfigError(
+                    f"target feedback needs one target per validation prompt: {len(self.validation_prompts)} prompts, "
+                    f"{len(self.validation_targets)} targets"
+                )
+        elif self.targets or self.validation_targets:
+            raise ConfigError("targets are only used with feedback='target'")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8):
+                raise ConfigError(f"protocol {name} must be an integer >= 8 or None, got {value!r}")
+
+    def split(self, split: Split) -> tuple[tuple[str, ...], tuple[ImageLike, ...]]:
+        """Prompts and targets of ``split``."""
+        if split == "train":
+            return self.prompts, self.targets
+        if split == "validation":
+            if not self.validation_prompts:
+                raise ConfigError("the protocol has no validation prompts")
+            return self.validation_prompts, self.validation_targets
+        raise ConfigError(f"split must be 'train' or 'validation', got {split!r}")
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """One prompt of one evaluation.
+
+    Attributes:
+        index: position of the prompt in its split.
+        prompt: the prompt.
+        round_scores: ``[round][objective]`` mean score of the round's images.
+        value: ``[objective]`` this prompt's contribution to the trial value.
+        metrics: extra metric name -> per-round value (e.g. in-batch diversity).
+    """
+
+    index: int
+    prompt: str
+    round_scores: tuple[tuple[float, ...], ...]
+    value: tuple[float, ...]
+    metrics: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Everything one evaluation measured; the tracking layer logs it.
+
+    Attributes:
+        params: the evaluated parameters.
+        split: ``"train"`` or ``"validation"``.
+        replicate: 0 for the study's seeds, k > 0 for the k-th set of extra seeds.
+        objective_names: names of the scored objectives.
+        prompts: per-prompt results, in prompt order (fewer than the split has if pruned).
+        values: ``[objective]`` mean over prompts of the per-prompt values.
+        sem: ``[objective]`` standard error of that mean (0 with one prompt).
+        baseline_round_scores: ``[prompt][round][objective]`` of the no-feedback baseline, when
+            the value is an improvement.
+    """
+
+    params: FabricParams
+    split: str
+    replicate: int
+    objective_names: tuple[str, ...]
+    prompts: tuple[PromptResult, ...]
+    values: tuple[float, ...]
+    sem: tuple[float, ...]
+    baseline_round_scores: tuple[tuple[tuple[float, ...], ...], ...] | None = None
+
+    @property
+    def value(self) -> float:
+        """The value of the first (or only) objective."""
+        return self.values[0]
+
+    def per_prompt(self, objective: int = 0) -> list[float]:
+        """Per-prompt values of one objective."""
+        return [p.value[objective] for p in self.prompts]
+
+    def round_metrics(self) -> dict[str, list[float]]:
+        """``metric -> per-round mean over prompts``: ``score/<objective>`` and extra metrics."""
+        out: dict[str, list[float]] = {}
+        if not self.prompts:
+            return out
+        n_rounds = len(self.prompts[0].round_scores)
+        for j, name in enumerate(self.objective_names):
+            out[f"score/{name}"] = [_mean([p.round_scores[r][j] for p in self.prompts]) for r in range(n_rounds)]
+        for name in self.prompts[0].metrics:
+            out[name] = [_mean([p.metrics[name][r] for p in self.prompts]) for r in range(n_rounds)]
+        return out
+
+    def user_attrs(self) -> dict[str, Any]:
+        """JSON-serialisable summary for ``trial.set_user_attr`` (one key per entry)."""
+        single = len(self.objective_names) == 1
+        per_prompt = [list(p.value) for p in self.prompts]
+        return {
+            "per_prompt": [v[0] for v in per_prompt] if single else per_prompt,
+            "mean": self.values[0] if single else list(self.values),
+            "sem": self.sem[0] if single else list(self.sem),
+            "n_prompts": len(self.prompts),
+            "round_metrics": self.round_metrics(),
+            "fabric_params": self.params.to_dict(),
+        }
+
+
+class TrialEvaluator:
+    """Evaluates FABRIC parameters under a :class:`Protocol`; an Optuna objective when called.
+
+    Args:
+        generator: has ``generate(prompt, negative_prompt, liked, disliked, params, n_images,
+            seed, height, width) -> list[PIL.Image]`` (e.g. :class:`fabric.FabricGenerator`).
+        objective: the scored objective (``score(images, prompt) -> Tensor[n]``, ``name``,
+            ``direction``), or a multi-objective with ``objectives``: then trials return one
+            value per objective.
+        protocol: the evaluation protocol.
+        space: the search space trials sample (``SearchSpace.default()`` if omitted); its base
+            parameters also generate the no-feedback baseline.
+        feedback_objective: the simulated user's reward model; defaults to ``objective`` (its
+            first objective when it is a multi-objective).
+        metrics: extra objectives averaged per round for logging only (e.g. diversity).
+        on_round: called after every generated round of a trial as
+            ``on_round(prompt_index, round, images, scores)`` (not for baseline rounds); keep
+            the images there if you need them, the evaluator does not.
+        baseline_cache: JSON file that stores baselines across processes and runs.
+        cache_key: text identifying model weights and anything else the fingerprint cannot see
+            (e.g. the checkpoint path); part of the baseline fingerprint.
+    """
+
+    def __init__(
+        self,
+        generator: Any,
+        objective: Any,
+        protocol: Protocol,
+        space: SearchSpace | None = None,
+        *,
+        feedback_objective: Any | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        on_round: RoundCallback | None = None,
+        baseline_cache: str | Path | None = None,
+        cache_key: str = "",
+    ) -> None:
+        if not isinstance(protocol, Protocol):
+            raise ConfigError(f"protocol must be a Protocol, got {type(protocol).__name__}")
+        self.generator = generator
+        self.protocol = protocol
+        self.space = space if space is not None else SearchSpace.default()
+        self.objectives: tuple[Any, ...] = tuple(getattr(objective, "objectives", None) or (objective,))
+        directions = getattr(objective, "directions", None) or [o.direction for o in self.objectives]
+        self.directions: tuple[str, ...] = tuple(directions)
+        if len(self.directions) != len(self.objectives):
+            raise ConfigError("a multi-objective needs one direction per objective")
+        self.feedback_objective = feedback_objective if feedback_objective is not None else self.objectives[0]
+        self.metrics = dict(metrics or {})
+        self.on_round = on_round
+        self.baseline_cache = Path(baseline_cache) if baseline_cache is not None else None
+        self.cache_key = cache_key
+        self.baseline_runs = 0  # baselines generated (not read from a cache) by this evaluator
+        self._baselines: dict[str, tuple] = {}
+        self._bound: dict[tuple[str, int], tuple[Any, tuple[Any, ...]]] = {}
+        self._target_keys: dict[tuple[str, int], str] = {}
+
+    # ---- Optuna objective ----------------------------------------------------------------
+    @property
+    def objective_names(self) -> tuple[str, ...]:
+        return tuple(str(getattr(o, "name", f"objective{j}")) for j, o in enumerate(self.objectives))
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def __call__(self, trial: "optuna.Trial") -> float | tuple[float, ...]:
+        """Sample parameters from the space, evaluate the train split, record, return the value."""
+        values = self.space.suggest(trial)
+        params = self.space.to_params(values)
+        result = self.evaluate(params, trial=trial)
+        for key, value in result.user_attrs().items():
+            trial.set_user_attr(key, value)
+        return result.values if self.multi_objective else result.value
+
+    # ---- evaluation ----------------------------------------------------------------------
+    def evaluate(
+        self,
+        params: FabricParams,
+        *,
+        split: Split = "train",
+        replicate: int = 0,
+        trial: "optuna.Trial | None" = None,
+        on_round: RoundCallback | None = None,
+    ) -> TrialResult:
+        """Evaluate ``params`` on a split (see module docs).
+
+        Args:
+            params: the parameters to evaluate.
+            split: ``"train"`` (the sampler's prompts) or ``"validation"`` (held out).
+            replicate: 0 for the study's seeds; k > 0 draws the k-th set of fresh seeds (for
+                re-evaluating candidates).
+            trial: when given (single objective, ``protocol.prune``), the running mean is
+                reported after each prompt and ``optuna.TrialPruned`` raised when the study's
+                pruner asks for it.
+            on_round: overrides the evaluator's ``on_round`` for this call.
+
+        Raises:
+            NonFiniteScoreError: an objective returned NaN or infinity.
+            optuna.TrialPruned: the pruner stopped the trial.
+        """
+        if not isinstance(params, FabricParams):
+            raise ConfigError(f"params must be FabricParams, got {type(params).__name__}")
+        prompts, _ = self.protocol.split(split)
+        callback = on_round if on_round is not None else self.on_round
+        baseline = self.baseline(split, replicate) if self.protocol.value == "improvement" else None
+        results: list[PromptResult] = []
+        for p, prompt in enumerate(prompts):
+            round_scores, metrics = self._run_prompt(params, split, replicate, p, feedback=True, on_round=callback)
+            value = self._prompt_value(round_scores, baseline[p] if baseline is not None else None)
+            results.append(PromptResult(p, prompt, round_scores, value, metrics))
+            if trial is not None and self.protocol.prune and not self.multi_objective:
+                running = _mean([r.value[0] for r in results])
+                trial.report(running, step=p)
+                if p + 1 < len(prompts) and trial.should_prune():
+                    partial = self._result(params, split, replicate, results, baseline)
+                    for key, val in partial.user_attrs().items():
+                        trial.set_user_attr(key, val)
+                    import optuna
+
+                    raise optuna.TrialPruned(f"pruned after {p + 1} of {len(prompts)} prompts (running mean {running:.4g})")
+        return self._result(params, split, replicate, results, baseline)
+
+    def baseline(self, split: Split = "train", replicate: int = 0) -> tuple[tuple[tuple[float, ...], ...], ...]:
+        """The no-feedback baseline, ``[prompt][round][objective]`` mean scores (cached)."""
+        key = self.baseline_fingerprint(split, replicate)
+        if key in self._baselines:
+            return self._baselines[key]
+        stored = self._read_cache().get(key)
+        if stored is not None:
+            logger.info("baseline %s/%d read from %s", split, replicate, self.baseline_cache)
+            baseline = tuple(tuple(tuple(float(v) for v in r) for r in p) for p in stored)
+        else:
+            prompts, _ = self.protocol.split(split)
+            logger.info("computing the no-feedback baseline on %d %s prompts", len(prompts), split)
+            baseline = tuple(
+                self._run_prompt(self.space.base, split, replicate, p, feedback=False, on_round=None)[0]
+                for p in range(len(prompts))
+            )
+            self.baseline_runs += 1
+            self._write_cache(key, baseline)
+        self._baselines[key] = baseline
+        return baseline
+
+    def baseline_fingerprint(self, split: Split = "train", replicate: int = 0) -> str:
+        """A hash of everything the baseline depends on (prompts, seeds, models, base params)."""
+        prompts, targets = self.protocol.split(split)
+        p = self.protocol
+        data = {
+            "version": _CACHE_VERSION,
+            "split": split,
+            "replicate": replicate,
+            "prompts": list(prompts),
+            "targets": [self._target_key(split, i) for i in range(len(targets))],
+            "rounds": p.rounds,
+            "n_images": p.n_images,
+            "negative_prompt": p.negative_prompt,
+            "seed": p.seed,
+            "size": [p.height, p.width],
+            "feedback": p.feedback,
+            "params": self.space.base.to_dict(),
+            "generator": _identity(self.generator),
+            "objectives": [_identity(o) for o in self.objectives],
+            "cache_key": self.cache_key,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
+
+    # ---- internals -----------------------------------------------------------------------
+    def _run_prompt(
+        self, params: FabricParams, split: Split, replicate: int, p: int, *, feedback: bool, on_round: RoundCallback | None
+    ) -> tuple[tuple[tuple[float, ...], ...], dict[str, tuple[float, ...]]]:
+        proto = self.protocol
+        prompts, _ = proto.split(split)
+        prompt = prompts[p]
+        feedback_obj, scored = self._objectives_for(split, p)
+        liked: list[Any] = []
+        disliked: list[Any] = []
+        round_scores: list[tuple[float, ...]] = []
+        metrics: dict[str, list[float]] = {name: [] for name in self.metrics}
+        for r in range(proto.rounds):
+            seeds = [image_seed(proto.seed, split, replicate, p, r, i) for i in range(proto.n_images)]
+            images = self.generator.generate(
+                prompt,
+                negative_prompt=proto.negative_prompt,
+                liked=list(liked),
+                disliked=list(disliked),
+                params=params,
+                n_images=proto.n_images,
+                seed=seeds,
+                height=proto.height,
+                width=proto.width,
+            )
+            scores = {
+                name: self._score(obj, images, prompt, where=(split, p, r)) for name, obj in zip(self.objective_names, scored)
+            }
+            round_scores.append(tuple(_mean(s) for s in scores.values()))
+            if feedback:
+                for name, obj in self.metrics.items():
+                    metrics[name].append(_mean(self._score(obj, images, prompt, where=(split, p, r))))
+                if on_round is not None:
+                    on_round(p, r, images, scores)
+                if r + 1 < proto.rounds:
+                    same = feedback_obj is scored[0]
+                    fb = scores[self.objective_names[0]] if same else self._score(feedback_obj, images, prompt, where=(split, p, r))
+                    if getattr(feedback_obj, "direction", "maximize") == "minimize":
+                        fb = [-s for s in fb]
+                    user_seed = image_seed(proto.seed, "user", split, replicate, p, r)
+                    like, dislike = choose_feedback(fb, proto.temperature, seed=user_seed)
+                    liked.append(images[like])
+                    disliked.append(images[dislike])
+        return tuple(round_scores), {k: tuple(v) for k, v in metrics.items()}
+
+    def _prompt_value(
+        self, round_scores: tuple[tuple[float, ...], ...], baseline: tuple[tuple[float, ...], ...] | None
+    ) -> tuple[float, ...]:
+        kind = self.protocol.value
+        final = round_scores[-1]
+        if kind == "final":
+            return final
+        if kind == "mean":
+            rounds = round_scores[1:] or round_scores
+            return tuple(_mean([r[j] for r in rounds]) for j in range(len(final)))
+        assert baseline is not None
+        return tuple(f - b for f, b in zip(final, baseline[-1]))
+
+    def _result(
+        self, params: FabricParams, split: str, replicate: int, results: list[PromptResult], baseline: tuple | None
+    ) -> TrialResult:
+        m = len(self.objectives)
+        values, sems = [], []
+        for j in range(m):
+            per_prompt = [r.value[j] for r in results]
+            values.append(_mean(per_prompt))
+            sems.append(_sem(per_prompt))
+        return TrialResult(
+            params=params,
+            split=split,
+            replicate=replicate,
+            objective_names=self.objective_names,
+            prompts=tuple(results),
+            values=tuple(values),
+            sem=tuple(sems),
+            baseline_round_scores=baseline,
+        )
+
+    def _score(self, objective: Any, images: list, prompt: str, where: tuple) -> list[float]:
+        scores = objective.score(images, prompt)
+        values = [float(v) for v in _as_list(scores)]
+        bad = [v for v in values if not math.isfinite(v)]
+        if bad:
+            split, p, r = where
+            raise NonFiniteScoreError(
+                f"objective '{getattr(objective, 'name', objective)}' returned {bad[0]} for {split} prompt {p}, round {r}; "
+                "the trial fails rather than feed it to the sampler"
+            )
+        return values
+
+    def _objectives_for(self, split: Split, p: int) -> tuple[Any, tuple[Any, ...]]:
+        """The feedback objective and the scored objectives for one prompt (target-bound)."""
+        if self.protocol.feedback != "target":
+            return self.feedback_objective, self.objectives
+        key = (split, p)
+        if key not in self._bound:
+            _, targets = self.protocol.split(split)
+            target = _load_image(targets[p])
+            feedback = self.feedback_objective.with_target(target)
+            scored = []
+            for obj in self.objectives:
+                # Objectives that measure similarity to a target are scored against this one.
+                try:
+                    scored.append(feedback if obj is self.feedback_objective else obj.with_target(target))
+                except (AttributeError, ValueError):
+                    scored.append(obj)
+            self._bound[key] = (feedback, tuple(scored))
+        return self._bound[key]
+
+    def _target_key(self, split: Split, i: int) -> str:
+        key = (split, i)
+        if key not in self._target_keys:
+            _, targets = self.protocol.split(split)
+            image = _load_image(targets[i])
+            digest = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()[:16]
+            self._target_keys[key] = digest
+        return self._target_keys[key]
+
+    def _read_cache(self) -> dict[str, Any]:
+        if self.baseline_cache is None or not self.baseline_cache.exists():
+            return {}
+        try:
+            data = json.loads(self.baseline_cache.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            logger.warning("ignoring unreadable baseline cache %s (%s); delete it to silence this", self.baseline_cache, exc)
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _write_cache(self, key: str, baseline: tuple) -> None:
+        if self.baseline_cache is None:
+            return
+        data = self._read_cache()
+        data[key] = baseline
+        self.baseline_cache.parent.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename, so a concurrent reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=self.baseline_cache.parent, prefix=".baseline-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, self.baseline_cache)
+
+
+def evaluate(
+    generator: Any,
+    objective: Any,
+    params: FabricParams,
+    protocol: Protocol,
+    *,
+    split: Split = "train",
+    **evaluator_options: Any,
+) -> TrialResult:
+    """One-shot evaluation of ``params``: ``TrialEvaluator(...).evaluate(params, split=split)``."""
+    return TrialEvaluator(generator, objective, protocol, **evaluator_options).evaluate(params, split=split)
+
+
+def _identity(obj: Any) -> str:
+    """What identifies a model for the baseline fingerprint (its ``fingerprint`` if it has one)."""
+    fingerprint = getattr(obj, "fingerprint", None)
+    if callable(fingerprint):
+        fingerprint = fingerprint()
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}:{getattr(obj, 'name', '')}:{fingerprint or ''}"
+
+
+def _load_image(image: ImageLike) -> "Image.Image":
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    try:
+        with Image.open(image) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ImageError(f"cannot read target image {image}: {exc}") from None
+
+
+def _as_list(scores: Any) -> list:
+    if hasattr(scores, "detach"):
+        return scores.detach().float().cpu().reshape(-1).tolist()
+    if isinstance(scores, (int, float)):
+        return [scores]
+    return list(scores)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values))
+
+
+def _sem(values: Sequence[float]) -> float:
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mu = _mean(values)
+    return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)
+

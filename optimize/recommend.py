@@ -1,0 +1,303 @@
+"""Noise-aware recommendation of the best parameters of a study.
+
+Trial values are noisy (a few prompts, a few seeds), so the trial with the best *observed*
+value is usually a lucky draw. :func:`recommend` instead fits a GP to every complete trial and
+recommends the evaluated point with the best *posterior mean*, reporting the noisy best beside
+it. Optionally it re-evaluates the top-k on fresh seeds first, and compares the recommendation
+with the paper's and the A1111 defaults on held-out prompts as paired per-prompt differences
+with a seeded bootstrap confidence interval.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from fabric.errors import ConfigError, FabricOptError
+from fabric.params import FabricParams
+from optimize.samplers.warm_start import DEFAULT_PRESETS
+from optimize.space import SearchSpace
+
+if TYPE_CHECKING:
+    import optuna
+
+    from optimize.protocol import TrialEvaluator
+
+__all__ = ["Candidate", "Comparison", "Recommendation", "recommend", "compare", "posterior_means"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated point.
+
+    Attributes:
+        trial_number: the Optuna trial.
+        values: its search values.
+        params: the FABRIC parameters they give.
+        observed: the trial's (noisy) value.
+        posterior_mean: the GP's mean at the point (``None`` if no GP could be fitted).
+        posterior_std: the GP's standard deviation of the latent function there.
+        reevaluated: values on extra seeds (replicates 1..k), when re-evaluated.
+    """
+
+    trial_number: int
+    values: Mapping[str, Any]
+    params: FabricParams
+    observed: float
+    posterior_mean: float | None = None
+    posterior_std: float | None = None
+    reevaluated: tuple[float, ...] = ()
+
+    @property
+    def estimate(self) -> float:
+        """Best estimate of the point's value: mean over all its evaluations, else the GP mean."""
+        if self.reevaluated:
+            return (self.observed + sum(self.reevaluated)) / (1 + len(self.reevaluated))
+        return self.posterior_mean if self.posterior_mean is not None else self.observed
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Recommended minus reference parameters, paired per prompt on the same seeds.
+
+    Attributes:
+        reference: the reference's label (``"paper"``, ``"a1111"``, ...).
+        split: the prompts compared on.
+        per_prompt: per-prompt differences (recommended - reference).
+        mean_difference: their mean.
+        ci_low, ci_high: percentile bootstrap confidence interval of the mean.
+        confidence: the interval's level.
+        direction: the objective's direction; a positive difference is better for
+            ``"maximize"``.
+    """
+
+    reference: str
+    split: str
+    per_prompt: tuple[float, ...]
+    mean_difference: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    direction: str = "maximize"
+
+    @property
+    def better(self) -> bool:
+        """The whole interval lies on the better side of zero."""
+        return self.ci_low > 0 if self.direction == "maximize" else self.ci_high < 0
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """What :func:`recommend` found.
+
+    Attributes:
+        best: the recommended point.
+        noisy_best: the trial with the best observed value.
+        candidates: the points ranked (best first) by the recommendation's criterion.
+        method: ``"posterior_mean"``, ``"reevaluated"`` or ``"observed"`` (no GP could be fitted).
+        comparisons: against the reference parameters on held-out prompts.
+    """
+
+    best: Candidate
+    noisy_best: Candidate
+    candidates: tuple[Candidate, ...]
+    method: str
+    comparisons: tuple[Comparison, ...] = ()
+
+    @property
+    def params(self) -> FabricParams:
+        return self.best.params
+
+
+def posterior_means(
+    study: "optuna.Study", space: SearchSpace, *, objective: int = 0, device: str = "cpu", seed: int = 0
+) -> list[Candidate]:
+    """Complete trials of ``study`` with the GP posterior mean and std at their points.
+
+    Returns:
+        One :class:`Candidate` per complete trial inside ``space``; their posterior fields are
+        ``None`` when the GP could not be fitted (a warning says why).
+    """
+    import torch
+
+    from optimize.samplers.botorch import fit_gp, is_model_failure
+
+    candidates = _complete(study, space, objective)
+    if len(candidates) < 2:
+        return candidates
+    encoding = space.encoding
+    X = encoding.encode([c.values for c in candidates], dtype=torch.float64, device=torch.device(device))
+    Y = torch.tensor([[c.observed] for c in candidates], dtype=torch.float64, device=X.device)
+    if float(Y.std()) == 0.0:
+        return candidates
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            torch.manual_seed(seed)
+            warnings.simplefilter("ignore")
+            model = fit_gp(X, Y, encoding.bounds(dtype=X.dtype, device=X.device))
+            with torch.no_grad():
+                posterior = model.posterior(X)
+                mean = posterior.mean.squeeze(-1).cpu().tolist()
+                std = posterior.variance.clamp_min(0).sqrt().squeeze(-1).cpu().tolist()
+    except Exception as exc:  # noqa: BLE001 - model failures only, re-raised otherwise
+        if not is_model_failure(exc):
+            raise
+        warnings.warn(
+            f"no GP for the recommendation ({type(exc).__name__}); falling back to the best observed value. "
+            "More trials or re-evaluation (extra_seeds) make it reliable",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return candidates
+    return [_replace(c, posterior_mean=m, posterior_std=s) for c, m, s in zip(candidates, mean, std)]
+
+
+def recommend(
+    study: "optuna.Study",
+    space: SearchSpace,
+    *,
+    evaluator: "TrialEvaluator | None" = None,
+    objective: int = 0,
+    top_k: int = 3,
+    extra_seeds: int = 0,
+    references: Mapping[str, FabricParams] | Sequence[str] | None = ("paper", "a1111"),
+    split: str = "validation",
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Recommendation:
+    """Recommend the best parameters of ``study`` (see module docs).
+
+    Args:
+        study: a study whose trials sampled ``space``.
+        space: the search space.
+        evaluator: needed for ``extra_seeds`` and for the comparisons.
+        objective: which objective of a multi-objective study.
+        top_k: how many points (by posterior mean) to re-evaluate.
+        extra_seeds: fresh seed sets to re-evaluate each of the top-k on (train prompts); the
+            recommendation is then the best mean over all of a point's evaluations.
+        references: labels of :data:`~optimize.samplers.DEFAULT_PRESETS` or ``label ->
+            FabricParams`` to compare with (mapped into ``space``, so fixed and left-out fields
+            are the study's); ``None`` or empty for none. Needs ``evaluator`` and a ``split``
+            with prompts.
+        split: where to compare (``"validation"``: held-out prompts).
+        n_bootstrap: bootstrap resamples of the per-prompt differences.
+        confidence: level of the interval.
+        seed: seeds the GP fit and the bootstrap.
+        device: where the GP is fitted.
+
+    Raises:
+        ConfigError: no complete trial, or options that need an evaluator without one.
+    """
+    if evaluator is None and (extra_seeds > 0 or references):
+        what = "re-evaluating on extra seeds" if extra_seeds > 0 else "comparing with reference parameters"
+        raise ConfigError(f"{what} needs an evaluator (or pass references=None)")
+    direction = _direction(study, objective)
+    sign = 1.0 if direction == "maximize" else -1.0
+    candidates = posterior_means(study, space, objective=objective, device=device, seed=seed)
+    if not candidates:
+        raise ConfigError("the study has no complete trial inside the search space to recommend from")
+    noisy_best = max(candidates, key=lambda c: sign * c.observed)
+    has_gp = candidates[0].posterior_mean is not None
+    ranked = sorted(candidates, key=lambda c: -sign * c.estimate)
+    method = "posterior_mean" if has_gp else "observed"
+    if extra_seeds > 0:
+        assert evaluator is not None
+        top = []
+        for c in ranked[: max(1, top_k)]:
+            values = tuple(evaluator.evaluate(c.params, replicate=k).values[objective] for k in range(1, extra_seeds + 1))
+            top.append(_replace(c, reevaluated=values))
+        ranked = sorted(top, key=lambda c: -sign * c.estimate) + ranked[len(top) :]
+        method = "reevaluated"
+    best = ranked[0]
+    comparisons: list[Comparison] = []
+    if references:
+        assert evaluator is not None
+        refs = {name: DEFAULT_PRESETS[name] for name in references} if not isinstance(references, Mapping) else dict(references)
+        for label, ref in refs.items():
+            ref_params = space.to_params(space.from_params(ref, clip=True))
+            comparisons.append(
+                compare(
+                    evaluator, best.params, ref_params, label=label, split=split, objective=objective,
+                    n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
+                )
+            )
+    logger.info(
+        "recommended trial %d (%s, estimate %.4g); noisy best trial %d (observed %.4g)",
+        best.trial_number, method, best.estimate, noisy_best.trial_number, noisy_best.observed,
+    )
+    return Recommendation(best, noisy_best, tuple(ranked), method, tuple(comparisons))
+
+
+def compare(
+    evaluator: "TrialEvaluator",
+    params: FabricParams,
+    reference: FabricParams,
+    *,
+    label: str = "reference",
+    split: str = "validation",
+    objective: int = 0,
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Comparison:
+    """Paired comparison of ``params`` against ``reference`` on one split (same seeds)."""
+    import numpy as np
+
+    if not 0 < confidence < 1:
+        raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
+    if n_bootstrap < 1:
+        raise ConfigError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
+    ours = evaluator.evaluate(params, split=split).per_prompt(objective)
+    theirs = evaluator.evaluate(reference, split=split).per_prompt(objective)
+    diffs = np.asarray(ours) - np.asarray(theirs)
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(n_bootstrap, len(diffs)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(means, [alpha, 1 - alpha])
+    return Comparison(
+        reference=label,
+        split=split,
+        per_prompt=tuple(float(d) for d in diffs),
+        mean_difference=float(diffs.mean()),
+        ci_low=float(low),
+        ci_high=float(high),
+        confidence=confidence,
+        direction=evaluator.directions[objective],
+    )
+
+
+def _direction(study: "optuna.Study", objective: int) -> str:
+    from optuna.study import StudyDirection
+
+    if not 0 <= objective < len(study.directions):
+        raise ConfigError(f"objective index {objective} out of range for {len(study.directions)} objective(s)")
+    return "minimize" if study.directions[objective] == StudyDirection.MINIMIZE else "maximize"
+
+
+def _complete(study: "optuna.Study", space: SearchSpace, objective: int) -> list[Candidate]:
+    from optuna.trial import TrialState
+
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if any(name not in t.params for name in space.names) or not math.isfinite(t.values[objective]):
+            continue
+        values = {name: t.params[name] for name in space.names}
+        try:
+            params = space.to_params(values)
+        except FabricOptError:  # a point of an older, wider space
+            continue
+        out.append(Candidate(t.number, values, params, float(t.values[objective])))
+    return out
+
+
+def _replace(candidate: Candidate, **changes: Any) -> Candidate:
+    import dataclasses
+
+    return dataclasses.replace(candidate, **changes)

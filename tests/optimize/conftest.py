@@ -1,0 +1,137 @@
+"""Small stand-ins for the generator and objectives, with the interfaces the protocol uses.
+
+``ColourGenerator`` renders solid-colour images: the colour of image ``i`` comes from its seed
+and the prompt, and is pulled towards the mean colour of the liked images by
+``max_weight * (1 - feedback_start)``, so feedback measurably helps and the parameters matter.
+``ChannelObjective`` scores an image by one colour channel; ``with_target`` gives a similarity
+(negative distance) to a target colour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pytest
+import torch
+from PIL import Image
+
+from fabric.params import FabricParams
+
+SIZE = 8
+
+
+def _seed_colour(seed: int, prompt: str) -> tuple[float, float, float]:
+    digest = hashlib.sha256(f"{seed}/{prompt}".encode()).digest()
+    return (digest[0], digest[1], digest[2])
+
+
+@dataclass
+class ColourGenerator:
+    """Deterministic solid-colour generator; records every call."""
+
+    calls: list[dict] = field(default_factory=list)
+    name: str = "colour"
+
+    def generate(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str = "",
+        liked: Sequence[Any] = (),
+        disliked: Sequence[Any] = (),
+        params: FabricParams = FabricParams(),
+        n_images: int = 4,
+        seed: int | Sequence[int] = 0,
+        height: int | None = None,
+        width: int | None = None,
+    ) -> list[Image.Image]:
+        seeds = [seed] * n_images if isinstance(seed, int) else list(seed)
+        assert len(seeds) == n_images
+        liked = list(liked)
+        if params.max_references is not None:
+            liked = liked[-params.max_references :]
+        self.calls.append(
+            {"prompt": prompt, "params": params, "seeds": seeds, "liked": [im.getpixel((0, 0)) for im in liked],
+             "disliked": [im.getpixel((0, 0)) for im in disliked]}
+        )
+        pull = params.max_weight * (1.0 - params.feedback_start) if liked else 0.0
+        if liked:
+            target = [sum(im.getpixel((0, 0))[c] for im in liked) / len(liked) for c in range(3)]
+        images = []
+        for s in seeds:
+            base = _seed_colour(s, prompt)
+            colour = [base[c] + pull * (target[c] - base[c]) if liked else base[c] for c in range(3)]
+            images.append(Image.new("RGB", (width or SIZE, height or SIZE), tuple(int(round(v)) for v in colour)))
+        return images
+
+
+@dataclass
+class ChannelObjective:
+    """Mean of one colour channel, in [0, 100]; ``with_target`` -> closeness to a colour."""
+
+    channel: int = 0
+    name: str = "red"
+    direction: str = "maximize"
+    target: tuple[int, int, int] | None = None
+    calls: int = 0
+
+    def score(self, images: list[Image.Image], prompt: str | list[str] = "") -> torch.Tensor:
+        self.calls += 1
+        pixels = torch.tensor([im.getpixel((0, 0)) for im in images], dtype=torch.float32)
+        if self.target is not None:
+            return -torch.linalg.vector_norm(pixels - torch.tensor(self.target, dtype=torch.float32), dim=-1)
+        return pixels[:, self.channel] / 2.55
+
+    def with_target(self, image: Image.Image) -> "ChannelObjective":
+        return ChannelObjective(self.channel, f"{self.name}-target", self.direction, image.getpixel((0, 0)))
+
+
+@dataclass
+class NaNObjective:
+    name: str = "nan"
+    direction: str = "maximize"
+
+    def score(self, images, prompt="") -> torch.Tensor:
+        return torch.full((len(images),), float("nan"))
+
+
+@dataclass
+class MultiObjective:
+    objectives: tuple
+    directions: tuple
+
+
+@pytest.fixture
+def generator() -> ColourGenerator:
+    return ColourGenerator()
+
+
+@pytest.fixture
+def red() -> ChannelObjective:
+    return ChannelObjective(0, "red")
+
+
+@pytest.fixture
+def blue() -> ChannelObjective:
+    return ChannelObjective(2, "blue")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # The GP fits are tiny: extra threads only contend with other test processes.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def standins():
+    """The stand-in classes, for tests that build more than one of them."""
+    import types
+
+    return types.SimpleNamespace(
+        ColourGenerator=ColourGenerator, ChannelObjective=ChannelObjective, NaNObjective=NaNObjective,
+        MultiObjective=MultiObjective,
+    )

@@ -1,0 +1,230 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import optuna
+import pytest
+from PIL import Image
+
+from fabric.errors import ConfigError
+from fabric.params import FabricParams
+from optimize.protocol import NonFiniteScoreError, Protocol, TrialEvaluator, choose_feedback, evaluate, image_seed
+from optimize.space import FloatParam, SearchSpace
+
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+PROMPTS = ("a red fox", "a blue car", "a green hill")
+SPACE = SearchSpace((FloatParam("max_weight", 0.0, 1.0), FloatParam("feedback_start", 0.0, 0.5)), base=FabricParams(steps=2))
+
+
+def make(generator, objective, **protocol) -> TrialEvaluator:
+    protocol = {"prompts": PROMPTS, "validation_prompts": ("a held-out cat",), **protocol}
+    return TrialEvaluator(generator, objective, Protocol(**protocol), SPACE)
+
+
+def test_feedback_improves_over_the_baseline_with_greedy_user(generator, red):
+    evaluator = make(generator, red)
+    strong = evaluator.evaluate(FabricParams(max_weight=0.9, steps=2))
+    none = evaluator.evaluate(FabricParams(max_weight=0.0, steps=2))
+    assert strong.value > 1.0
+    assert none.value == 0.0  # no feedback: the same images as the baseline
+    assert len(strong.prompts) == 3 and len(strong.prompts[0].round_scores) == 3
+    # the greedy user liked the reddest image of each round and disliked the least red
+    rounds = [c for c in generator.calls if c["prompt"] == "a red fox" and c["params"].max_weight == 0.9]
+    first_round_reds = [c["liked"] for c in rounds]
+    assert first_round_reds[0] == [] and len(first_round_reds[2]) == 2
+    assert rounds[1]["liked"][0][0] >= rounds[1]["disliked"][0][0]
+
+
+def test_common_random_numbers(standins, generator, red):
+    params = FabricParams(max_weight=0.5, feedback_start=0.1, steps=2)
+    a = make(generator, red).evaluate(params)
+    b = make(standins.ColourGenerator(), red).evaluate(params)
+    assert a.values == b.values and a.per_prompt() == b.per_prompt()
+    seeds = [c["seeds"] for c in generator.calls]
+    # image seeds depend on (prompt, round, index), not on the parameters
+    trial_calls = [c for c in generator.calls if c["params"] == params]
+    baseline_calls = [c for c in generator.calls if c["params"] != params]
+    assert [c["seeds"] for c in trial_calls] == [c["seeds"] for c in baseline_calls]
+    assert len({tuple(s) for s in seeds}) == 9  # 3 prompts x 3 rounds
+    assert image_seed(0, "train", 0, 1, 2, 3) == image_seed(0, "train", 0, 1, 2, 3) != image_seed(1, "train", 0, 1, 2, 3)
+
+
+def test_baseline_is_computed_once_and_cached_on_disk(standins, generator, red, tmp_path):
+    cache = tmp_path / "baseline.json"
+    evaluator = TrialEvaluator(generator, red, Protocol(PROMPTS), SPACE, baseline_cache=cache)
+    for w in (0.2, 0.4, 0.6):
+        evaluator.evaluate(FabricParams(max_weight=w, steps=2))
+    assert evaluator.baseline_runs == 1
+    baseline_calls = [c for c in generator.calls if c["params"] == SPACE.base]
+    assert len(baseline_calls) == 9  # once: 3 prompts x 3 rounds
+    stored = json.loads(cache.read_text())
+    assert list(stored) == [evaluator.baseline_fingerprint()]
+
+    fresh_generator = standins.ColourGenerator()
+    again = TrialEvaluator(fresh_generator, red, Protocol(PROMPTS), SPACE, baseline_cache=cache)
+    again.evaluate(FabricParams(max_weight=0.2, steps=2))
+    assert again.baseline_runs == 0 and len(fresh_generator.calls) == 9  # only the trial's rounds
+    other = TrialEvaluator(standins.ColourGenerator(), red, Protocol(PROMPTS, seed=1), SPACE, baseline_cache=cache)
+    assert other.baseline_fingerprint() != evaluator.baseline_fingerprint()
+
+
+@pytest.mark.parametrize("value", ["final", "mean"])
+def test_value_kinds(generator, red, value):
+    evaluator = make(generator, red, value=value)
+    result = evaluator.evaluate(FabricParams(max_weight=0.7, steps=2))
+    for prompt in result.prompts:
+        scores = [r[0] for r in prompt.round_scores]
+        expected = scores[-1] if value == "final" else (scores[1] + scores[2]) / 2
+        assert prompt.value[0] == pytest.approx(expected)
+    assert evaluator.baseline_runs == 0
+
+
+def test_the_study_sees_train_prompts_only_and_records_user_attrs(generator, red):
+    evaluator = make(generator, red)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(evaluator, n_trials=3)
+    assert {c["prompt"] for c in generator.calls} == set(PROMPTS)
+    attrs = study.trials[0].user_attrs
+    assert len(attrs["per_prompt"]) == 3 and attrs["mean"] == pytest.approx(study.trials[0].value)
+    assert attrs["sem"] > 0
+    assert list(study.trials[0].intermediate_values) == [0, 1, 2]
+    assert len(attrs["round_metrics"]["score/red"]) == 3
+    validation = evaluator.evaluate(FabricParams(max_weight=0.5, steps=2), split="validation")
+    assert [p.prompt for p in validation.prompts] == ["a held-out cat"]
+    assert validation.prompts[0].round_scores != ()
+
+
+def test_pruner_stops_bad_trials_early(generator, red):
+    evaluator = make(generator, red)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    study.enqueue_trial({"max_weight": 0.0, "feedback_start": 0.0})  # improvement 0 < 0.5
+    study.optimize(evaluator, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [0]
+    assert trial.user_attrs["n_prompts"] == 1
+    assert sum(1 for c in generator.calls if c["params"].max_weight == 0.0) == 3  # one prompt's rounds
+
+
+def test_non_finite_scores_fail_the_trial(standins, generator):
+    evaluator = make(generator, standins.NaNObjective(), value="final")
+    with pytest.raises(NonFiniteScoreError, match="returned nan for train prompt 0, round 0"):
+        evaluator.evaluate(FabricParams(steps=2))
+    study = optuna.create_study()
+    study.optimize(evaluator, n_trials=1, catch=(NonFiniteScoreError,))
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+def test_feedback_model_can_differ_from_the_scored_objective(standins, generator, red, blue):
+    evaluator = TrialEvaluator(generator, red, Protocol(PROMPTS[:1], value="final"), SPACE, feedback_objective=blue)
+    evaluator.evaluate(FabricParams(max_weight=0.5, steps=2))
+    liked = generator.calls[1]["liked"][0]
+    first_round = [standins.ColourGenerator().generate(PROMPTS[0], seed=s, n_images=1)[0].getpixel((0, 0))
+                   for s in generator.calls[0]["seeds"]]
+    assert liked == max(first_round, key=lambda c: c[2])  # the bluest, not the reddest
+    assert generator.calls[1]["disliked"][0] == min(first_round, key=lambda c: c[2])
+
+
+def test_target_feedback_likes_the_image_closest_to_the_target(standins, generator, red):
+    target = Image.new("RGB", (8, 8), (0, 255, 0))
+    protocol = Protocol(PROMPTS[:1], feedback="target", targets=(target,), value="final")
+    evaluator = TrialEvaluator(generator, red.with_target(target), protocol, SPACE)
+    result = evaluator.evaluate(FabricParams(max_weight=0.5, steps=2))
+    first_round = [standins.ColourGenerator().generate(PROMPTS[0], seed=s, n_images=1)[0].getpixel((0, 0))
+                   for s in generator.calls[0]["seeds"]]
+    distance = lambda c: sum((a - b) ** 2 for a, b in zip(c, (0, 255, 0)))  # noqa: E731
+    assert generator.calls[1]["liked"][0] == min(first_round, key=distance)
+    assert result.value <= 0  # scored as (negative) distance to the target
+    with pytest.raises(ConfigError, match="one target per prompt"):
+        Protocol(PROMPTS, feedback="target", targets=(target,))
+
+
+def test_noisy_user_is_seeded_and_follows_the_scores():
+    scores = [0.0, 1.0, 2.0, 3.0]
+    assert choose_feedback(scores, 0.0, seed=0) == (3, 0)
+    assert choose_feedback(scores, 1.0, seed=7) == choose_feedback(scores, 1.0, seed=7)
+    likes = Counter(choose_feedback(scores, 1.0, seed=s)[0] for s in range(400))
+    dislikes = Counter(choose_feedback(scores, 1.0, seed=s)[1] for s in range(400))
+    assert likes[3] > likes[2] > likes[1] and likes[0] < 40
+    assert dislikes[0] > dislikes[3]
+    assert all(like != dislike for like, dislike in (choose_feedback(scores, 5.0, seed=s) for s in range(50)))
+    cold = Counter(choose_feedback(scores, 1e-3, seed=s)[0] for s in range(50))
+    assert cold == {3: 50}
+
+
+def test_noisy_user_protocol_is_reproducible(standins, generator, red):
+    params = FabricParams(max_weight=0.8, steps=2)
+    a = make(generator, red, temperature=5.0).evaluate(params)
+    b = make(standins.ColourGenerator(), red, temperature=5.0).evaluate(params)
+    assert a.values == b.values
+
+
+def test_multi_objective_returns_a_tuple(standins, generator, red, blue):
+    multi = standins.MultiObjective((red, blue), ("maximize", "minimize"))
+    evaluator = make(generator, multi)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    study.optimize(evaluator, n_trials=2)
+    assert all(len(t.values) == 2 for t in study.trials)
+    assert evaluator.objective_names == ("red", "blue")
+    assert len(study.trials[0].user_attrs["per_prompt"][0]) == 2
+
+
+def test_on_round_sees_every_round_and_metrics_are_recorded(generator, red, blue):
+    seen = []
+    evaluator = TrialEvaluator(
+        generator, red, Protocol(PROMPTS[:2]), SPACE, metrics={"blueness": blue},
+        on_round=lambda p, r, images, scores: seen.append((p, r, len(images), list(scores))),
+    )
+    result = evaluator.evaluate(FabricParams(max_weight=0.3, steps=2))
+    assert seen == [(p, r, 4, ["red"]) for p in range(2) for r in range(3)]  # not the baseline's rounds
+    metrics = result.round_metrics()
+    assert set(metrics) == {"score/red", "blueness"} and len(metrics["blueness"]) == 3
+
+
+def test_evaluate_function(generator, red):
+    result = evaluate(generator, red, FabricParams(max_weight=0.5, steps=2), Protocol(PROMPTS[:1], value="final"))
+    assert len(result.prompts) == 1 and result.sem == (0.0,)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompts": ()}, "at least one prompt"),
+        ({"prompts": ("a", "")}, "non-empty strings"),
+        ({"prompts": ("a",), "rounds": 0}, "rounds must be >= 1"),
+        ({"prompts": ("a",), "n_images": 1}, "n_images must be >= 2"),
+        ({"prompts": ("a",), "value": "best"}, "value must be"),
+        ({"prompts": ("a",), "temperature": -1.0}, "temperature must be finite and >= 0"),
+        ({"prompts": ("a",), "feedback": "human"}, "feedback must be"),
+    ],
+)
+def test_protocol_validation(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        Protocol(**kwargs)
+
+
+def test_validation_split_needs_prompts(generator, red):
+    evaluator = TrialEvaluator(generator, red, Protocol(PROMPTS), SPACE)
+    with pytest.raises(ConfigError, match="no validation prompts"):
+        evaluator.evaluate(FabricParams(steps=2), split="validation")
+
+
+def test_end_to_end_with_the_tiny_generator():
+    generator_module = pytest.importorskip("fabric.generator")
+    objectives = pytest.importorskip("objectives")
+    import torch
+
+    generator = generator_module.FabricGenerator.from_pretrained("tiny", device="cpu", dtype=torch.float32)
+    objective = objectives.load_objective("pickscore", weights="tiny")
+    space = SearchSpace.default(base=FabricParams(steps=2))
+    protocol = Protocol(("a red circle", "a blue square"), validation_prompts=("a cat",), rounds=2, n_images=2)
+    evaluator = TrialEvaluator(generator, objective, protocol, space)
+    study = optuna.create_study(direction=objective.direction, sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(evaluator, n_trials=2)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    again = evaluator.evaluate(space.to_params(study.trials[0].params))
+    assert again.value == pytest.approx(study.trials[0].value, abs=1e-5)  # common random numbers
+    assert evaluator.baseline_runs == 1

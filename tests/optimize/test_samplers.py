@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import importlib.util
+import math
+import warnings
+
+import numpy as np
+import optuna
+import pytest
+
+from fabric.errors import ConfigError
+from fabric.params import FabricParams
+from optimize.samplers import (
+    DEFAULT_SAMPLER,
+    available_samplers,
+    enqueue_defaults,
+    make_sampler,
+)
+from optimize.space import FloatParam, SearchSpace
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+# Small acquisition budgets: the contract is about behaviour, not optimisation quality.
+FAST = {"botorch": {"num_restarts": 2, "raw_samples": 32, "mc_samples": 16}}
+HAS_CMAES = importlib.util.find_spec("cmaes") is not None
+RUNNABLE = [name for name in available_samplers() if name != "cmaes" or HAS_CMAES]
+
+
+def sampler(name: str, seed: int = 0, **options):
+    return make_sampler(name, seed=seed, **{**FAST.get(name, {}), **options})
+
+
+def mixed_5d(trial: optuna.Trial) -> float:
+    """4 floats + 1 int, with observation noise seeded per trial."""
+    x = [trial.suggest_float(f"x{i}", 0.0, 1.0) for i in range(3)]
+    x.append(trial.suggest_float("w", 1e-3, 1.0, log=True))
+    k = trial.suggest_int("k", 1, 8)
+    noise = np.random.default_rng(trial.number).normal(0.0, 0.05)
+    return sum((v - 0.3) ** 2 for v in x) + 0.05 * (k - 3) ** 2 + noise
+
+
+def test_registry_names():
+    assert {"botorch", "gp", "tpe", "random", "qmc", "nsga2", "cmaes"} <= set(available_samplers())
+    assert DEFAULT_SAMPLER == "botorch"
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_every_sampler_runs_15_trials_on_a_mixed_noisy_function(name):
+    # GP samplers: 10 space-filling trials, then 5 model-based ones (Optuna's GPSampler default).
+    options = {"n_startup_trials": 10} if name == "botorch" else {}
+    study = optuna.create_study(sampler=sampler(name, **options))
+    study.optimize(mixed_5d, n_trials=15)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 15
+    for t in complete:
+        assert isinstance(t.params["k"], int) and 1 <= t.params["k"] <= 8
+        assert 1e-3 <= t.params["w"] <= 1.0
+    assert len({tuple(sorted(t.params.items())) for t in complete}) > 10  # it explores
+
+
+@pytest.mark.parametrize("name", ["botorch", "gp", "tpe", "random", "qmc", "nsga2"])
+def test_sampler_output_is_deterministic_under_a_seed(name):
+    options = {"n_startup_trials": 4} if name in ("botorch", "gp", "tpe") else {}
+
+    def run(seed: int, n_trials: int) -> list[dict]:
+        study = optuna.create_study(sampler=sampler(name, seed=seed, **options))
+        study.optimize(mixed_5d, n_trials=n_trials)
+        return [t.params for t in study.trials]
+
+    first = run(3, 6)  # includes model-based trials for the GP samplers
+    assert run(3, 6) == first
+    assert run(4, 2) != first[:2]
+
+
+def test_unknown_sampler_lists_known_names():
+    with pytest.raises(ConfigError, match="unknown sampler 'bogus'; known: botorch, cmaes, gp") as info:
+        make_sampler("bogus")
+    assert "\n" not in str(info.value)
+
+
+def test_bad_option_is_a_config_error():
+    with pytest.raises(ConfigError, match="invalid option for sampler 'tpe'"):
+        make_sampler("tpe", n_startup=3)
+
+
+@pytest.mark.skipif(HAS_CMAES, reason="cmaes is installed")
+def test_cmaes_without_the_package_says_how_to_install():
+    with pytest.raises(ConfigError, match=r"needs the cmaes package: pip install") as info:
+        make_sampler("cmaes")
+    assert "\n" not in str(info.value)
+
+
+def _suggest_all(trial: optuna.Trial) -> tuple:
+    return tuple(sorted(SearchSpace_5d.suggest(trial).items()))
+
+
+SearchSpace_5d = SearchSpace(
+    (
+        FloatParam("feedback_start", 0.0, 1.0),
+        FloatParam("feedback_span", 0.0, 1.0),
+        FloatParam("max_weight", 0.0, 1.0),
+        FloatParam("neg_scale", 0.0, 1.0),
+        __import__("optimize.space", fromlist=["IntParam"]).IntParam("max_references", 1, 8),
+    )
+)
+
+
+@pytest.mark.parametrize("phase", ["sobol", "gp"])
+def test_pending_trials_get_distinct_candidates(phase):
+    study = optuna.create_study(
+        sampler=sampler("botorch", n_startup_trials=4, search_space=SearchSpace_5d.distributions())
+    )
+    if phase == "gp":
+        for i in range(4):
+            trial = study.ask()
+            values = SearchSpace_5d.suggest(trial)
+            study.tell(trial, values["max_weight"] + 0.1 * values["max_references"] + 0.01 * i)
+    asked = [_suggest_all(study.ask()) for _ in range(3)]  # running, never told
+    assert len(set(asked)) == 3
+
+
+def test_search_space_makes_the_first_trial_a_sobol_point():
+    space = SearchSpace_5d
+    first = []
+    for _ in range(2):
+        study = optuna.create_study(sampler=make_sampler("botorch", seed=5, search_space=space))
+        first.append(_suggest_all(study.ask()))
+    # Same seed, same point (a random first trial would be seeded too, so also check the source).
+    assert first[0] == first[1]
+    assert "fabric_opt:relative_params" in study.trials[0].system_attrs
+
+
+def test_constant_objective_falls_back_with_a_warning():
+    study = optuna.create_study(sampler=sampler("botorch", n_startup_trials=3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        study.optimize(lambda t: 0 * t.suggest_float("x", 0, 1) + 1.0 + 0 * t.suggest_int("k", 0, 3), n_trials=6)
+    assert len(study.trials) == 6
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    fallback = [w for w in caught if "Sobol point instead" in str(w.message)]
+    assert len(fallback) == 3
+
+
+def test_minimisation_is_handled_and_improves_on_the_initial_design():
+    study = optuna.create_study(direction="minimize", sampler=sampler("botorch", n_startup_trials=4))
+    study.optimize(lambda t: (t.suggest_float("x", 0.0, 1.0) - 0.23) ** 2, n_trials=8)
+    initial = min(t.value for t in study.trials[:4])
+    assert study.best_value < initial
+    assert abs(study.best_params["x"] - 0.23) < 0.05
+
+
+def test_failed_and_pruned_trials_do_not_break_the_gp():
+    study = optuna.create_study(sampler=sampler("botorch", n_startup_trials=3))
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        if trial.number == 1:
+            raise RuntimeError("worker crashed")
+        if trial.number in (2, 4):
+            trial.report(-5.0, step=0)
+            raise optuna.TrialPruned()
+        return -((x - 0.6) ** 2)
+
+    study.optimize(objective, n_trials=8, catch=(RuntimeError,))
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.PRUNED) == 2
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 5
+
+
+def test_categorical_parameters_are_searched():
+    study = optuna.create_study(direction="maximize", sampler=sampler("botorch", n_startup_trials=3))
+    study.optimize(lambda t: {"a": 0.0, "b": 1.0, "c": 0.5}[t.suggest_categorical("c", ["a", "b", "c"])]
+                   + 0.1 * t.suggest_float("x", 0, 1), n_trials=6)
+    assert {t.params["c"] for t in study.trials} <= {"a", "b", "c"}
+    assert [t.params["c"] for t in study.trials[3:]].count("b") >= 2
+
+
+@pytest.mark.slow
+def test_botorch_multi_objective_uses_hypervolume():
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler("botorch", n_startup_trials=4))
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), (t.params["x"] - 0.2) ** 2 + t.suggest_float("y", 0, 1)),
+                   n_trials=6)
+    assert len(study.best_trials) >= 1
+    assert len({(t.params["x"], t.params["y"]) for t in study.trials}) == 6
+
+
+def test_enqueue_defaults_warm_starts_the_study():
+    space = SearchSpace.default()
+    study = optuna.create_study(sampler=make_sampler("random", seed=0))
+    enqueued = enqueue_defaults(study, space)
+    assert len(enqueued) == 2
+    study.optimize(lambda t: space.to_params(space.suggest(t)).max_weight, n_trials=3)
+    first, second = (space.to_params(t.params) for t in study.trials[:2])
+    assert first == FabricParams.paper().replace(max_references=8)
+    assert second.max_weight == 0.8 and second.guidance_scale == FabricParams.paper().guidance_scale
+    assert study.trials[0].user_attrs["warm_start"] == "paper"
+
+
+def test_enqueue_defaults_skips_what_the_space_fixes():
+    space = SearchSpace((FloatParam("feedback_start", 0.0, 0.5),), fixed={"max_weight": 0.5})
+    study = optuna.create_study()
+    # paper and A1111 differ only in fixed/left-out fields here: one trial.
+    assert enqueue_defaults(study, space) == [{"feedback_start": 0.0}]
+    assert math.isclose(space.to_params({"feedback_start": 0.0}).max_weight, 0.5)
