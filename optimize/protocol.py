@@ -133,8 +133,10 @@ class Protocol:
         negative_prompt: negative prompt of every generation.
         seed: the study seed every image and user seed derives from.
         height, width: image size; the generator's default when ``None``.
-        prune: report the running mean after each prompt and stop the trial when the study's
-            pruner says so (single objective only).
+        prune: report the running mean over prompts after each prompt (``step`` = prompt
+            index) and stop the trial when the study's pruner says so (single objective only).
+            Median-style pruners compare these running means directly; ``WilcoxonPruner`` pairs
+            them by step, which is a heuristic there (it was designed for per-instance values).
     """
 
     prompts: tuple[str, ...]
@@ -333,12 +335,21 @@ class TrialEvaluator:
         self.feedback_objective = feedback_objective if feedback_objective is not None else self.objectives[0]
         self.metrics = dict(metrics or {})
         self.on_round = on_round
-        self.baseline_cache = Path(baseline_cache) if baseline_cache is not None else None
+        self.baseline_cache = baseline_cache
         self.cache_key = cache_key
         self.baseline_runs = 0  # baselines generated (not read from a cache) by this evaluator
         self._baselines: dict[str, tuple] = {}
         self._bound: dict[tuple[str, int], tuple[Any, tuple[Any, ...]]] = {}
         self._target_keys: dict[tuple[str, int], str] = {}
+
+    @property
+    def baseline_cache(self) -> Path | None:
+        """JSON file of stored baselines (``None``: memory only); may be set after construction."""
+        return self._baseline_cache
+
+    @baseline_cache.setter
+    def baseline_cache(self, path: str | Path | None) -> None:
+        self._baseline_cache = Path(path) if path is not None else None
 
     # ---- Optuna objective ----------------------------------------------------------------
     @property

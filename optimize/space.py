@@ -58,10 +58,23 @@ _INT_FIELDS = ("steps", "max_references")
 _KNOWN = tuple(sorted((*_FIELDS, *DERIVED_PARAMS)))
 
 
-def _number(name: str, key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"parameter '{name}': {key} must be a finite number, got {value!r}")
-    return value
+def _check_range(param: "FloatParam | IntParam", cast: type) -> None:
+    """Validate and normalise ``low``/``high`` of a numeric parameter in place."""
+    bounds = []
+    for key in ("low", "high"):
+        value = getattr(param, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"parameter '{param.name}': {key} must be a finite number, got {value!r}")
+        if cast is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"parameter '{param.name}': {key} must be an integer, got {value!r}")
+        bounds.append(cast(value))
+    low, high = bounds
+    if not low < high:
+        raise ConfigError(f"parameter '{param.name}': low ({low}) must be below high ({high}); use `fixed` for a constant")
+    if param.log and low <= 0:
+        raise ConfigError(f"parameter '{param.name}': a log scale needs low > 0, got {low}")
+    object.__setattr__(param, "low", low)
+    object.__setattr__(param, "high", high)
 
 
 @dataclass(frozen=True)
@@ -74,16 +87,7 @@ class FloatParam:
     log: bool = False
 
     def __post_init__(self) -> None:
-        low = float(_number(self.name, "low", self.low))
-        high = float(_number(self.name, "high", self.high))
-        if not low < high:
-            raise ConfigError(
-                f"parameter '{self.name}': low ({low}) must be below high ({high}); use `fixed` for a constant"
-            )
-        if self.log and low <= 0:
-            raise ConfigError(f"parameter '{self.name}': a log scale needs low > 0, got {low}")
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
+        _check_range(self, float)
 
     @property
     def extremes(self) -> tuple[float, float]:
@@ -111,21 +115,7 @@ class IntParam:
     log: bool = False
 
     def __post_init__(self) -> None:
-        values = []
-        for key in ("low", "high"):
-            value = _number(self.name, key, getattr(self, key))
-            if isinstance(value, float) and not value.is_integer():
-                raise ConfigError(f"parameter '{self.name}': {key} must be an integer, got {value!r}")
-            values.append(int(value))
-        low, high = values
-        if not low < high:
-            raise ConfigError(
-                f"parameter '{self.name}': low ({low}) must be below high ({high}); use `fixed` for a constant"
-            )
-        if self.log and low <= 0:
-            raise ConfigError(f"parameter '{self.name}': a log scale needs low > 0, got {low}")
-        object.__setattr__(self, "low", low)
-        object.__setattr__(self, "high", high)
+        _check_range(self, int)
 
     @property
     def extremes(self) -> tuple[int, int]:
@@ -228,7 +218,7 @@ class SearchSpace:
             if p.name in _INT_FIELDS and isinstance(p, FloatParam):
                 raise ConfigError(f"parameter '{p.name}' is an integer; declare it with type: int")
         object.__setattr__(self, "params", params)
-        object.__setattr__(self, "fixed", types.MappingProxyType(fixed))
+        object.__setattr__(self, "fixed", fixed)  # a private copy: the caller's dict may change
         self._check_order("feedback_start", "feedback_end")
         self._check_order("min_weight", "max_weight")
         self._check_extremes()

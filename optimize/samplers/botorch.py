@@ -80,8 +80,8 @@ class BoTorchSampler(BaseSampler):
             suggestions.
         n_startup_trials: observed trials before the GP takes over. ``None``: ``d + 1`` for a
             ``d``-dimensional space, at least 3 and at most 10.
-        search_space: the distributions to search (e.g. ``SearchSpace.distributions()``). With
-            it, even the first trial is a Sobol point; without it the space is inferred from
+        search_space: the distributions to search (a ``SearchSpace`` or its
+            ``distributions()``). With it, even the first trial is a Sobol point; without it the space is inferred from
             earlier trials (the first trial is then sampled at random).
         num_restarts: starting points of the acquisition optimiser.
         raw_samples: random points scored to choose those starting points.
@@ -332,10 +332,14 @@ def _maximize(acqf, bounds: "torch.Tensor", encoding: CubeEncoding, num_restarts
 
 def _quiet_botorch_warnings() -> None:
     from botorch.exceptions.warnings import InputDataWarning, OptimizationWarning
+    from linear_operator.utils.warnings import NumericalWarning
 
-    # Expected and harmless here: tiny data sets, early stopping of L-BFGS on flat acquisitions.
+    # Expected and harmless here: tiny data sets, jitter on near-duplicate points, L-BFGS
+    # stopping early on flat acquisitions (BoTorch retries from new starting points itself).
     warnings.simplefilter("ignore", InputDataWarning)
     warnings.simplefilter("ignore", OptimizationWarning)
+    warnings.simplefilter("ignore", NumericalWarning)
+    warnings.filterwarnings("ignore", message="Optimization failed", category=RuntimeWarning)
 
 
 def is_model_failure(exc: BaseException) -> bool:

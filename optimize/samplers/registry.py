@@ -8,6 +8,7 @@ chosen. ``botorch`` (our :class:`~optimize.samplers.botorch.BoTorchSampler`) is 
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
 from fabric.errors import ConfigError
@@ -94,7 +95,10 @@ def _qmc(seed: int | None, **options: Any) -> "BaseSampler":
     import optuna
 
     options.setdefault("qmc_type", "sobol")
-    return optuna.samplers.QMCSampler(seed=seed, **options)
+    with warnings.catch_warnings():
+        # Experimental since Optuna 3.0 and stable in use; the warning only alarms users.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.QMCSampler(seed=seed, **options)
 
 
 @register_sampler("nsga2")

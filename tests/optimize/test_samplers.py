@@ -177,6 +177,29 @@ def test_categorical_parameters_are_searched():
     assert [t.params["c"] for t in study.trials[3:]].count("b") >= 2
 
 
+@pytest.mark.parametrize(("pruned", "observed"), [("last_value", [0.5, -5.0]), ("ignore", [0.5])])
+def test_pruned_trials_enter_the_model_by_their_last_intermediate_value(pruned, observed):
+    from optimize.samplers.botorch import BoTorchSampler
+
+    study = optuna.create_study(direction="minimize")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=-0.5))
+    study.add_trial(optuna.trial.create_trial(
+        params={"x": 0.9}, distributions=dist, state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 9.0, 1: 5.0}
+    ))
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, state=optuna.trial.TrialState.FAIL))
+    points, values, pending = BoTorchSampler(seed=0, pruned=pruned)._collect(study, study.ask()._cached_frozen_trial, dist)
+    assert [v[0] for v in values] == observed  # negated: the model maximises
+    assert len(points) == len(observed) and pending == []
+
+
+@pytest.mark.gpu
+def test_botorch_sampler_fits_the_gp_on_cuda():
+    study = optuna.create_study(sampler=sampler("botorch", n_startup_trials=3, device="cuda"))
+    study.optimize(mixed_5d, n_trials=5)
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+
+
 @pytest.mark.slow
 def test_botorch_multi_objective_uses_hypervolume():
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler("botorch", n_startup_trials=4))
