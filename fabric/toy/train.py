@@ -1,0 +1,294 @@
+"""Train the toy world's models on CPU, reproducibly: ``python -m fabric.toy.train``.
+
+Two jobs, both seeded end to end (data, initialisation, batches, noise):
+
+* ``sd``: the toy Stable Diffusion (:mod:`fabric.toy.model`). First the VAE (L1 + MSE
+  reconstruction, a tiny KL term), then the latents' scale is measured, then the UNet and the
+  text encoder together with the standard epsilon-prediction loss (min-SNR-5 weighting, 10 %
+  empty captions for classifier-free guidance, EMA weights are the ones saved).
+* ``rewards``: the attribute classifier and toy-clip (:mod:`fabric.toy.rewards`).
+
+``--quick`` runs every phase for a handful of steps into a temporary folder (a smoke test, about a
+minute). The full run's time and hardware are recorded in ``training.json`` beside the weights and
+in docs/BENCHMARKS.md.
+
+Example:
+    python -m fabric.toy.train --only sd --out fabric/toy/weights
+    python -m fabric.toy.train --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fabric.errors import InvalidParameterError
+
+__all__ = ["TrainConfig", "render_dataset", "train_vae", "train_unet", "train_sd", "main"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Step counts and optimiser settings of one training run."""
+
+    seed: int = 0
+    n_images: int = 8000  # rendered once; training captions only (held-out ones excluded)
+    vae_steps: int = 400
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-6  # just enough to keep the latents bounded
+    unet_steps: int = 1500
+    unet_batch: int = 32
+    unet_lr: float = 6e-4
+    caption_dropout: float = 0.1  # fraction of empty captions, for classifier-free guidance
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.998
+    reward_steps: int = 600
+    reward_batch: int = 64
+    reward_lr: float = 2e-3
+    threads: int = 1  # one thread: on a shared 2-core box, two threads stall each other
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("caption_dropout", "kl_weight"):
+                ok = 0.0 <= value < 1.0
+            elif f.name == "ema_decay":
+                ok = 0.0 <= value < 1.0
+            elif f.name == "seed":
+                ok = value >= 0
+            else:
+                ok = value > 0
+            if not ok:
+                raise InvalidParameterError(f"TrainConfig.{f.name} is out of range: {value!r}")
+
+    @classmethod
+    def quick(cls, **overrides) -> "TrainConfig":
+        """A smoke-test configuration: every phase runs, for a few steps."""
+        base = dict(n_images=96, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, reward_steps=6, reward_batch=16)
+        return cls(**{**base, **overrides})
+
+
+def render_dataset(n: int, seed: int, split: str = "train") -> tuple[torch.Tensor, list[str], list]:
+    """Render ``n`` scenes.
+
+    Returns:
+        ``(images, captions, scenes)``: ``images`` is an ``n x 3 x 64 x 64`` uint8 tensor.
+    """
+    import numpy as np
+
+    from fabric.toy.scenes import caption, render, sample_scenes
+
+    scenes = sample_scenes(n, seed=seed, split=split)
+    arrays = np.stack([np.asarray(render(s)) for s in scenes])  # (n, 64, 64, 3)
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), [caption(s) for s in scenes], scenes
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[0, 255]`` -> float ``[-1, 1]``, the range SD's VAE works in."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> dict:
+    """Fit ``vae`` to reconstruct ``images`` (uint8, ``N x 3 x 64 x 64``); sets its ``scaling_factor``."""
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.vae_steps, max(1, cfg.vae_steps // 20)))
+    losses, t0 = [], time.perf_counter()
+    for step in range(cfg.vae_steps):
+        idx = torch.randint(len(images), (cfg.vae_batch,), generator=generator)
+        x = to_model_range(images[idx])
+        posterior = vae.encode(x).latent_dist
+        # posterior.sample() draws from the global RNG: draw the noise from ours instead
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if (step + 1) % 50 == 0 or step + 1 == cfg.vae_steps:
+            logger.info("vae step %d/%d loss %.4f (%.2f s/step)", step + 1, cfg.vae_steps,
+                        sum(losses[-50:]) / len(losses[-50:]), (time.perf_counter() - t0) / (step + 1))
+    vae.eval()
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(to_model_range(images[i : i + 256])).latent_dist.mean for i in range(0, len(images), 256)])
+        recon_mse = F.mse_loss(vae.decode(latents[:256]).sample.clamp(-1, 1), to_model_range(images[:256])).item()
+    scaling_factor = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling_factor)
+    logger.info("vae done: recon mse %.4f, latent std %.3f -> scaling_factor %.4f", recon_mse, 1 / scaling_factor, scaling_factor)
+    return {
+        "final_loss": sum(losses[-50:]) / len(losses[-50:]),
+        "recon_mse": recon_mse,
+        "scaling_factor": scaling_factor,
+        "seconds": time.perf_counter() - t0,
+        "latents": latents,
+    }
+
+
+def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[str], cfg: TrainConfig,
+               generator: torch.Generator) -> dict:
+    """Train ``unet`` and ``text_encoder`` on ``latents`` (already scaled, ``N x 4 x 16 x 16``).
+
+    The saved weights are the exponential moving averages, copied into the modules at the end.
+    """
+    from diffusers import DDPMScheduler
+
+    from fabric.tokenizer import offline_clip_tokenizer
+    from fabric.toy.model import scheduler_config
+
+    tokenizer = offline_clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
+
+    def tokenize(texts: Sequence[str]) -> torch.Tensor:
+        return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+
+    ids, empty = tokenize(captions), tokenize([""])
+    sched_cfg = {k: v for k, v in scheduler_config().items() if k not in ("set_alpha_to_one", "steps_offset")}
+    noise_scheduler = DDPMScheduler(**sched_cfg)
+    abar = noise_scheduler.alphas_cumprod
+    snr = abar / (1 - abar)
+    loss_weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR weighting for epsilon
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.unet_steps, max(1, cfg.unet_steps // 20)))
+    unet.train()
+    text_encoder.train()
+    losses, t0 = [], time.perf_counter()
+    for step in range(cfg.unet_steps):
+        idx = torch.randint(len(latents), (cfg.unet_batch,), generator=generator)
+        drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
+        batch_ids = torch.where(drop[:, None], empty, ids[idx])
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=generator)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator)
+        noisy = noise_scheduler.add_noise(z0, noise, t)
+        cond = text_encoder(batch_ids).last_hidden_state  # (B, 16, 64)
+        pred = unet(noisy, t, cond).sample
+        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * loss_weight[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        # EMA warm-up: early steps average over few updates so short runs are not all init weights
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        losses.append(per_sample.mean().item())
+        if (step + 1) % 50 == 0 or step + 1 == cfg.unet_steps:
+            logger.info("unet step %d/%d mse %.4f (%.2f s/step)", step + 1, cfg.unet_steps,
+                        sum(losses[-50:]) / len(losses[-50:]), (time.perf_counter() - t0) / (step + 1))
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    unet.eval()
+    text_encoder.eval()
+    return {"final_mse": sum(losses[-100:]) / len(losses[-100:]), "seconds": time.perf_counter() - t0,
+            "mse_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)]}
+
+
+def train_sd(cfg: TrainConfig, out: Path) -> dict:
+    """Train the toy Stable Diffusion and write its weights to ``out``; returns a summary."""
+    from fabric.toy.model import build_toy_components, save_toy_weights
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    images, captions, _ = render_dataset(cfg.n_images, seed=cfg.seed, split="train")
+    logger.info("rendered %d training scenes in %.1f s", len(images), time.perf_counter() - t0)
+    modules = build_toy_components(seed=cfg.seed)
+    vae_stats = train_vae(modules["vae"], images, cfg, generator)
+    latents = vae_stats.pop("latents") * vae_stats["scaling_factor"]
+    unet_stats = train_unet(modules["unet"], modules["text_encoder"], latents, captions, cfg, generator)
+    save_toy_weights(modules, out)
+    return {"vae": vae_stats, "unet": unet_stats, "seconds": time.perf_counter() - t0}
+
+
+def _hardware() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Command-line entry point; returns the output folder."""
+    parser = argparse.ArgumentParser(prog="python -m fabric.toy.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: fabric/toy/weights, or a temp folder with --quick)")
+    parser.add_argument("--only", choices=("sd", "rewards", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="a few steps of every phase, into a temp folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared 2-core box)")
+    parser.add_argument("--unet-steps", type=int, default=None)
+    parser.add_argument("--vae-steps", type=int, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    overrides = {"seed": args.seed, "threads": args.threads}
+    if args.unet_steps is not None:
+        overrides["unet_steps"] = args.unet_steps
+    if args.vae_steps is not None:
+        overrides["vae_steps"] = args.vae_steps
+    cfg = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
+    if args.out is not None:
+        out = args.out
+    elif args.quick:
+        out = Path(tempfile.mkdtemp(prefix="fabric-toy-"))
+    else:
+        from fabric.toy.model import DEFAULT_WEIGHTS_DIR
+
+        out = DEFAULT_WEIGHTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    logger.info("training %s into %s with %s", args.only, out, cfg)
+
+    record = {"config": dataclasses.asdict(cfg), "hardware": _hardware(), "date": time.strftime("%Y-%m-%d")}
+    if args.only in ("sd", "all"):
+        record["sd"] = train_sd(cfg, out)
+        (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    if args.only in ("rewards", "all"):
+        from fabric.toy.rewards import train_rewards
+
+        record["rewards"] = train_rewards(cfg, out)
+        (out / "rewards_training.json").write_text(json.dumps(record, indent=1) + "\n")
+    logger.info("done: weights in %s", out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
