@@ -1,0 +1,650 @@
+"""Create, resume and run studies: a :class:`~studies.StudyConfig` -> Optuna study -> trials ->
+tracking, recommendation and presets.
+
+Storage (``storage=``, the CLI's ``--storage``, ``$FABRIC_OPT_STORAGE``):
+
+* a file path (default ``<runs dir>/optuna.journal``): Optuna's
+  ``JournalStorage(JournalFileBackend(path))``, an append-only log that several processes on one
+  machine (or a shared file system with working locks) can use at the same time;
+* an RDB URL (``sqlite:///study.db``, ``postgresql://user@host/db``, ``mysql://...``): Optuna's
+  ``RDBStorage`` with heartbeats, so trials of crashed workers are marked failed. PostgreSQL is
+  the multi-machine option; SQLite with several workers is not recommended (DESIGN section 9).
+
+Resuming: a study is identified by its name in the storage. Running a study whose name exists
+resumes it after checking that everything that changes what a trial measures (model, objectives,
+prompts, protocol, search space; :meth:`StudyConfig.fingerprint`) is unchanged. ``trials`` is
+the study's **total budget**: a run adds trials until the study has that many *finished*
+(complete, pruned or failed) trials, so re-running a finished study does nothing, ``--trials 60``
+extends a 40-trial study by 20, and several workers started with the same budget share it.
+
+The resolved config is stored with the study (user attribute ``fabric_opt_config``), so
+``report``, ``export`` and extra workers need only the study name and the storage.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+
+from fabric.errors import ConfigError, FabricOptError
+
+if TYPE_CHECKING:
+    import optuna
+    import torch
+
+    from optimize.protocol import TrialEvaluator
+    from optimize.recommend import Recommendation
+    from optimize.tracking import Tracker
+    from studies import StudyConfig
+
+__all__ = [
+    "DEFAULT_RUNS_DIR",
+    "JOURNAL_NAME",
+    "CONFIG_ATTR",
+    "FINGERPRINT_ATTR",
+    "FINISHED_STATES",
+    "StorageSpec",
+    "Components",
+    "StudyProgress",
+    "StudyOutcome",
+    "check_objectives",
+    "check_resumable",
+    "load_components",
+    "make_evaluator",
+    "make_pruner",
+    "build_sampler",
+    "open_study",
+    "run_study",
+    "finish_study",
+    "export_context",
+    "finished_trials",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUNS_DIR = Path("runs")
+JOURNAL_NAME = "optuna.journal"
+CONFIG_ATTR = "fabric_opt_config"
+FINGERPRINT_ATTR = "fabric_opt_fingerprint"
+_RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
+_DRIVER_HINTS = {"postgresql": "pip install 'fabric-opt[postgres]' (psycopg2-binary)", "mysql": "pip install pymysql and use mysql+pymysql://"}
+
+
+def _finished_states() -> tuple:
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+
+
+# ---- storage ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    """A validated Optuna storage location (nothing is opened or created by validation).
+
+    Attributes:
+        url: the journal file path or the database URL.
+        kind: ``"journal"`` or ``"rdb"``.
+        path: the journal file or SQLite database file, when there is one.
+    """
+
+    url: str
+    kind: Literal["journal", "rdb"]
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, storage: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> "StorageSpec":
+        """Validate a storage location's form (see module docs); ``None`` is the default journal.
+
+        Raises:
+            ConfigError: a malformed URL, an unsupported scheme, or a missing database driver.
+        """
+        if storage is None or str(storage).strip() == "":
+            path = (Path(runs_dir) / JOURNAL_NAME).expanduser().resolve()
+            return cls(str(path), "journal", path)
+        text = str(storage).strip()
+        if "://" not in text:
+            if text.endswith((".db", ".sqlite", ".sqlite3")):
+                raise ConfigError(f"storage {text!r} looks like a SQLite file: write sqlite:///{text} (or use a .journal file)")
+            path = Path(text).expanduser().resolve()
+            if path.is_dir():
+                raise ConfigError(f"storage {text!r} is a folder; give a journal file such as {path / JOURNAL_NAME}")
+            return cls(str(path), "journal", path)
+        scheme = text.split("://", 1)[0].lower()
+        if scheme.split("+", 1)[0] not in _RDB_SCHEMES:
+            raise ConfigError(f"unsupported storage URL scheme {scheme!r}; use a journal file path, sqlite:///..., postgresql://... or mysql://...")
+        try:
+            from sqlalchemy.engine import make_url
+            from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+            url = make_url(text)
+            dialect = url.get_dialect()
+        except (ArgumentError, ValueError) as exc:
+            raise ConfigError(f"storage URL {text!r} is malformed: {exc}") from None
+        except NoSuchModuleError:
+            raise ConfigError(f"storage URL {text!r}: SQLAlchemy has no driver {scheme!r}") from None
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            hint = _DRIVER_HINTS.get(url.get_backend_name(), f"install the database driver ({exc.name})")
+            raise ConfigError(f"storage URL {text!r} needs a database driver that is not installed: {hint}") from None
+        path = None
+        if url.get_backend_name() == "sqlite":
+            if not url.database or url.database == ":memory:":
+                raise ConfigError(f"storage {text!r}: an in-memory SQLite database cannot hold a study between runs; give a file")
+            path = Path(url.database).expanduser().resolve()
+            text = f"{scheme}:///{path}"
+        return cls(text, "rdb", path)
+
+    def exists(self) -> bool:
+        """Whether the storage may hold studies already (files must exist; servers are assumed to)."""
+        return self.path.is_file() if self.path is not None else True
+
+    def open(self) -> "optuna.storages.BaseStorage":
+        """Open (creating the file or tables when missing) the storage.
+
+        Raises:
+            ConfigError: the database cannot be reached.
+        """
+        import optuna
+
+        if self.kind == "journal":
+            from optuna.storages.journal import JournalFileBackend
+
+            assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(self.path)))
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return optuna.storages.RDBStorage(self.url, heartbeat_interval=60, grace_period=180)
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for "unreachable"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot open storage {self}: {first}") from None
+
+    def __str__(self) -> str:
+        return self.url
+
+
+def finished_trials(study: "optuna.Study") -> list["optuna.trial.FrozenTrial"]:
+    """Trials that count against the budget: complete, pruned or failed."""
+    return study.get_trials(deepcopy=False, states=_finished_states())
+
+
+def open_study(name: str, storage: StorageSpec) -> tuple["optuna.Study", "StudyConfig"]:
+    """Load an existing study and the config stored with it (``report``, ``export``, workers).
+
+    Raises:
+        ConfigError: no storage, no study of that name (the message lists the known ones), or a
+            study not created by fabric-opt.
+    """
+    import optuna
+
+    from studies import StudyConfig
+
+    if not storage.exists():
+        raise ConfigError(f"no study storage at {storage}; run `fabric-opt study` first or pass --storage")
+    opened = storage.open()
+    names = optuna.get_all_study_names(opened)
+    if name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        raise ConfigError(f"no study named {name!r} in {storage}; studies there: {known}")
+    study = optuna.load_study(study_name=name, storage=opened)
+    record = study.user_attrs.get(CONFIG_ATTR)
+    if not isinstance(record, Mapping):
+        raise ConfigError(f"study {name!r} in {storage} was not created by fabric-opt (no stored configuration)")
+    try:
+        config = StudyConfig.from_dict(record, check_files=False)
+    except FabricOptError as exc:
+        raise ConfigError(f"the configuration stored with study {name!r} is invalid: {exc}") from None
+    return study, config
+
+
+def check_resumable(config: "StudyConfig", name: str, storage: StorageSpec) -> bool:
+    """Whether ``name`` already exists in ``storage`` (then it will be resumed).
+
+    Reads only; a missing journal file is not created.
+
+    Raises:
+        ConfigError: the stored study measures something else (different fingerprint).
+    """
+    import optuna
+
+    if not storage.exists():
+        return False
+    opened = storage.open()
+    if name not in optuna.get_all_study_names(opened):
+        return False
+    study = optuna.load_study(study_name=name, storage=opened)
+    stored = study.user_attrs.get(FINGERPRINT_ATTR)
+    if stored is None:
+        raise ConfigError(f"study {name!r} in {storage} was not created by fabric-opt; pass --name to start a new study")
+    if stored != config.fingerprint():
+        from studies import StudyConfig
+
+        differs = "settings"
+        record = study.user_attrs.get(CONFIG_ATTR)
+        if isinstance(record, Mapping):
+            try:
+                differs = ", ".join(config.differences(StudyConfig.from_dict(record, check_files=False))) or differs
+            except FabricOptError:
+                pass
+        raise ConfigError(
+            f"study {name!r} in {storage} was created with different {differs}; pass --name NEW to start another "
+            "study, or the same settings to resume it"
+        )
+    return True
+
+
+# ---- components -----------------------------------------------------------------------------
+
+
+def check_objectives(config: "StudyConfig") -> None:
+    """Fail now (one line) if any objective's weights are missing; loads no model."""
+    from objectives import check_available
+
+    table = config.weights_table
+    options = {k: dict(v) for k, v in config.objective_options.items()}
+    for spec in (config.objective, config.feedback_objective, *config.metrics):
+        if spec:
+            check_available(spec, table, options=options)
+
+
+@dataclass
+class Components:
+    """The models a study runs: the generator and the loaded objectives.
+
+    Attributes:
+        generator: has ``generate(...)`` (a :class:`fabric.FabricGenerator`).
+        objective: the scored objective (a multi-objective for Pareto studies).
+        feedback_objective: the simulated user's reward model, or ``None`` for the objective.
+        metrics: ``name -> objective`` logged per round.
+        cache_key: identifies model weights and dtype in the baseline fingerprint.
+    """
+
+    generator: Any
+    objective: Any
+    feedback_objective: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    cache_key: str = ""
+
+
+def load_components(config: "StudyConfig", device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None, *, generator: Any = None) -> Components:
+    """Load the study's generator and objectives (reward models once, shared between roles).
+
+    Args:
+        config: the study.
+        device: where the generator and the reward models run.
+        dtype: the generator's dtype (reward models stay float32).
+        generator: an already loaded generator to use instead of ``config.model``.
+    """
+    import torch
+
+    from objectives import parse_objective
+
+    if generator is None:
+        from fabric.generator import FabricGenerator
+
+        generator = FabricGenerator.from_pretrained(config.model, device=device, dtype=dtype or torch.float32, scheduler=config.scheduler)
+    table = config.weights_table
+    options = {k: dict(v) for k, v in config.objective_options.items()}
+    objective = parse_objective(config.objective, table, device=device, options=options)
+    loaded = {o.name: o for o in getattr(objective, "objectives", None) or (objective,)}
+
+    def get(spec: str) -> Any:
+        key = spec.strip()
+        if key not in loaded:
+            loaded[key] = parse_objective(key, table, device=device, options=options)
+        return loaded[key]
+
+    feedback = get(config.feedback_objective) if config.feedback_objective else None
+    if config.protocol.feedback == "target":
+        user = feedback if feedback is not None else (getattr(objective, "objectives", None) or (objective,))[0]
+        if not getattr(user, "takes_target", False):
+            raise ConfigError(
+                f"the target-image protocol needs a feedback objective that compares with a target image (e.g. 'target'); "
+                f"'{user.name}' does not"
+            )
+    metrics = {spec: get(spec) for spec in config.metrics}
+    dtype_name = str(dtype or getattr(generator, "dtype", "")).removeprefix("torch.")
+    cache_key = f"model={config.model}|scheduler={config.scheduler}|dtype={dtype_name}|weights={sorted(table.items())}"
+    return Components(generator, objective, feedback, metrics, cache_key)
+
+
+def make_evaluator(config: "StudyConfig", components: Components, baseline_cache: str | Path | None = None) -> "TrialEvaluator":
+    """The study's :class:`~optimize.protocol.TrialEvaluator`."""
+    from optimize.protocol import TrialEvaluator
+
+    return TrialEvaluator(
+        components.generator,
+        components.objective,
+        config.protocol,
+        config.space,
+        feedback_objective=components.feedback_objective,
+        metrics=components.metrics,
+        baseline_cache=baseline_cache,
+        cache_key=components.cache_key,
+    )
+
+
+def build_sampler(config: "StudyConfig") -> "optuna.samplers.BaseSampler":
+    """The configured sampler, seeded by the study seed (raises ConfigError on bad options)."""
+    from optimize.samplers import make_sampler
+
+    options = dict(config.sampler_options)
+    if config.sampler == "botorch":
+        options.setdefault("search_space", config.space.distributions())
+    return make_sampler(config.sampler, seed=config.seed, **options)
+
+
+def make_pruner(config: "StudyConfig") -> "optuna.pruners.BasePruner":
+    """The configured Optuna pruner (raises ConfigError on bad options)."""
+    import optuna
+
+    classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner, "wilcoxon": optuna.pruners.WilcoxonPruner}
+    try:
+        return classes[config.pruner](**dict(config.pruner_options))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid option for pruner '{config.pruner}': {exc}") from None
+
+
+# ---- progress -------------------------------------------------------------------------------
+
+
+class StudyProgress:
+    """Receives progress events from :func:`run_study`; this base class ignores them.
+
+    The CLI draws rich progress bars from these; tests and notebooks can pass their own.
+    """
+
+    def begin(self, name: str, budget: int, finished: int, to_run: int) -> None:
+        """The study is open: ``finished`` of ``budget`` trials are done, ``to_run`` will run now."""
+
+    def baseline(self, n_prompts: int) -> None:
+        """The no-feedback baseline is being computed (once per study and split)."""
+
+    def trial_start(self, number: int, total_rounds: int) -> None:
+        """Trial ``number`` starts; it will generate ``total_rounds`` rounds."""
+
+    def round_done(self, number: int, prompt_index: int, round_index: int) -> None:
+        """A round of trial ``number`` was generated and scored."""
+
+    def trial_end(self, trial: "optuna.trial.FrozenTrial") -> None:
+        """Trial ended (any state)."""
+
+    def finishing(self) -> None:
+        """Trials are done; the recommendation, plots and presets are being written."""
+
+    def end(self) -> None:
+        """Everything is written."""
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """What :func:`run_study` did.
+
+    Attributes:
+        study: the Optuna study.
+        config: its configuration.
+        storage: where it is stored.
+        resumed: the study existed before this run.
+        new_trials: numbers of the trials this run finished.
+        recommendation: the recommended parameters (``None`` without a complete trial).
+        presets: exported preset files (``json`` first).
+        plots: written plot files.
+        tracking_uri: the MLflow tracking URI (``None`` when tracking was off or failed).
+        parent_run_id: the study's MLflow parent run.
+        tracking_failure: why tracking stopped, if it did.
+        run_dir: the study's folder under the runs dir.
+    """
+
+    study: "optuna.Study"
+    config: "StudyConfig"
+    storage: StorageSpec
+    resumed: bool
+    new_trials: tuple[int, ...]
+    recommendation: "Recommendation | None"
+    presets: tuple[Path, ...]
+    plots: tuple[Path, ...]
+    tracking_uri: str | None
+    parent_run_id: str | None
+    tracking_failure: str | None
+    run_dir: Path
+
+
+# ---- running --------------------------------------------------------------------------------
+
+
+def run_study(
+    config: "StudyConfig",
+    *,
+    name: str | None = None,
+    storage: StorageSpec | str | None = None,
+    tracker: "Tracker | None" = None,
+    runs_dir: str | Path = DEFAULT_RUNS_DIR,
+    device: "str | torch.device" = "cpu",
+    dtype: "torch.dtype | None" = None,
+    components: Components | None = None,
+    progress: StudyProgress | None = None,
+    export: bool = True,
+) -> StudyOutcome:
+    """Create or resume the study and run it up to its trial budget (see module docs).
+
+    Order matters for bad input: the config, the objectives' weights, the sampler, the pruner and
+    the storage are checked, and the models loaded, *before* the Optuna study, the MLflow run or
+    any file is created.
+
+    Args:
+        config: the study.
+        name: the Optuna study / MLflow experiment name (default ``config.name``).
+        storage: a :class:`StorageSpec`, a journal path or an RDB URL (default
+            ``<runs_dir>/optuna.journal``).
+        tracker: where trials are logged (default: none; see :func:`optimize.tracking.make_tracker`).
+        runs_dir: the folder for the default journal, the baseline cache, plots and presets.
+        device: where the models run.
+        dtype: the generator's dtype.
+        components: already loaded models (tests, notebooks); ``config.model`` is then not loaded.
+        progress: receives progress events.
+        export: write the recommendation's presets and the plots at the end.
+
+    Raises:
+        ConfigError: invalid or incompatible settings, missing weights (before anything is created).
+    """
+    import optuna
+
+    from optimize.protocol import NonFiniteScoreError
+    from optimize.samplers import enqueue_defaults
+    from optimize.tracking import NullTracker
+
+    name = name or config.name
+    if name != config.name:
+        config = config.replace(name=name)
+    spec = storage if isinstance(storage, StorageSpec) else StorageSpec.parse(storage, runs_dir)
+    tracker = tracker if tracker is not None else NullTracker()
+    progress = progress or StudyProgress()
+    runs_dir = Path(runs_dir)
+
+    # 1. Check everything that can be wrong, before anything is created
+    if components is None:
+        check_objectives(config)
+    sampler = build_sampler(config)
+    pruner = make_pruner(config)
+    resumed = check_resumable(config, name, spec)
+
+    # 2. Models (slow; a failure here still leaves nothing behind)
+    if components is None:
+        components = load_components(config, device, dtype)
+    run_dir = runs_dir / name
+    evaluator = make_evaluator(config, components)
+
+    # 3. The study, its record and warm starts
+    study = optuna.create_study(
+        study_name=name,
+        storage=spec.open(),
+        directions=list(evaluator.directions),
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
+    )
+    if not resumed:
+        study.set_user_attr(CONFIG_ATTR, config.to_dict())
+        study.set_user_attr(FINGERPRINT_ATTR, config.fingerprint())
+        if config.warm_start:
+            enqueue_defaults(study, config.space, config.warm_start)
+        logger.info("created study %s in %s", name, spec)
+    else:
+        logger.info("resuming study %s in %s (%d finished trials)", name, spec, len(finished_trials(study)))
+    evaluator.baseline_cache = run_dir / "baseline-cache.json"
+
+    # 4. Tracking and the baseline
+    tracker.start_study(study, config)
+    status = "FINISHED"
+    current: dict[str, int] = {}
+    new_trials: list[int] = []
+    try:
+        if config.protocol.value == "improvement":
+            progress.baseline(len(config.protocol.prompts))
+            tracker.log_baseline(evaluator.objective_names, evaluator.baseline("train"))
+
+        finished = len(finished_trials(study))
+        to_run = max(0, config.trials - finished)
+        progress.begin(name, config.trials, finished, to_run)
+        if to_run == 0:
+            logger.info("study %s already has %d finished trials (budget %d); raise --trials to run more", name, finished, config.trials)
+
+        objective = _trial_function(evaluator, config, tracker, progress, current)
+
+        def after_trial(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+            current.pop("trial", None)
+            new_trials.append(trial.number)
+            tracker.end_trial(study, trial)
+            progress.trial_end(trial)
+
+        if to_run:
+            study.optimize(
+                objective,
+                n_trials=to_run,
+                callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=_finished_states()), after_trial],
+                catch=(NonFiniteScoreError,),
+                gc_after_trial=False,
+            )
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        if "trial" in current:
+            tracker.fail_trial(current["trial"], "KILLED" if status == "KILLED" else "FAIL")
+        if status != "FINISHED":
+            tracker.end_study(status)
+
+    # 5. Recommendation, presets, plots
+    progress.finishing()
+    recommendation, presets, plots = finish_study(study, config, tracker, run_dir) if export else (None, (), ())
+    tracker.end_study("FINISHED")
+    progress.end()
+    return StudyOutcome(
+        study=study,
+        config=config,
+        storage=spec,
+        resumed=resumed,
+        new_trials=tuple(new_trials),
+        recommendation=recommendation,
+        presets=tuple(presets),
+        plots=tuple(plots),
+        tracking_uri=tracker.uri if tracker.enabled else None,
+        parent_run_id=tracker.parent_run_id if tracker.enabled else None,
+        tracking_failure=getattr(tracker, "failure", None),
+        run_dir=run_dir,
+    )
+
+
+def _trial_function(evaluator: "TrialEvaluator", config: "StudyConfig", tracker: "Tracker", progress: StudyProgress, current: dict[str, int]) -> Callable[["optuna.Trial"], Any]:
+    """The Optuna objective: suggest, evaluate (logging every round), record the result."""
+    space = config.space
+    prompts = config.protocol.prompts
+    total_rounds = len(prompts) * config.protocol.rounds
+
+    def objective(trial: "optuna.Trial") -> float | Sequence[float]:
+        current["trial"] = trial.number
+        values = space.suggest(trial)
+        params = space.to_params(values)
+        tracker.start_trial(trial, values, params.to_dict())
+        progress.trial_start(trial.number, total_rounds)
+
+        def on_round(p: int, r: int, images: list, scores: Mapping[str, list[float]]) -> None:
+            tracker.log_round(trial.number, p, r, images, scores, prompt=prompts[p])
+            progress.round_done(trial.number, p, r)
+
+        result = evaluator.evaluate(params, trial=trial, on_round=on_round)
+        for key, value in result.user_attrs().items():
+            trial.set_user_attr(key, value)
+        return result.values if evaluator.multi_objective else result.value
+
+    return objective
+
+
+# ---- the end of a run -----------------------------------------------------------------------
+
+
+def export_context(config: "StudyConfig", *, trial: int | None = None, estimate: float | None = None, prompt: str | None = None, liked: Sequence[str] = (), disliked: Sequence[str] = (), study_name: str | None = None) -> "Any":
+    """The :class:`~optimize.export.ExportContext` of a study's preset (prompt: the first train prompt)."""
+    from optimize.export import ExportContext
+
+    p = config.protocol
+    source: dict[str, Any] = {"study": study_name or config.name, "objective": config.objective, "model": config.model}
+    if trial is not None:
+        source["trial"] = trial
+    if estimate is not None and math.isfinite(estimate):
+        source["estimate"] = estimate
+    return ExportContext(
+        prompt=prompt if prompt is not None else p.prompts[0],
+        negative_prompt=p.negative_prompt,
+        seed=p.seed,
+        model=config.model,
+        scheduler=config.scheduler,
+        n_images=p.n_images,
+        height=p.height,
+        width=p.width,
+        liked=tuple(liked),
+        disliked=tuple(disliked),
+        source=source,
+    )
+
+
+def finish_study(study: "optuna.Study", config: "StudyConfig", tracker: "Tracker", run_dir: str | Path) -> tuple["Recommendation | None", list[Path], list[Path]]:
+    """Recommend, export the recommendation in every format, plot, and attach it all to the
+    parent run. Returns ``(recommendation, preset files, plot files)``."""
+    from optimize.export import DEFAULT_EXTENSIONS, available_formats, export_params
+    from optimize.recommend import recommend
+    from optimize.report import objective_labels, param_importances, save_plots
+
+    run_dir = Path(run_dir)
+    recommendation = None
+    try:
+        recommendation = recommend(study, config.space, references=None, seed=config.seed)
+    except ConfigError as exc:
+        logger.warning("no recommendation for study %s: %s", study.study_name, exc)
+    presets: list[Path] = []
+    if recommendation is not None:
+        best = recommendation.best
+        context = export_context(config, trial=best.trial_number, estimate=best.estimate, study_name=study.study_name)
+        for fmt in sorted(available_formats(), key=lambda f: f != "json"):  # the fabric-opt preset first
+            exported = export_params(best.params, fmt, context)
+            presets += exported.write(run_dir / "presets" / f"{study.study_name}{DEFAULT_EXTENSIONS.get(fmt, '.' + fmt)}")
+        tracker.set_parent_tags({"recommended_trial": best.trial_number, "recommendation": recommendation.method})
+    importances = param_importances(study, seed=config.seed)
+    names = objective_labels(config, len(study.directions))
+    plots = save_plots(study, run_dir / "plots", importances=importances, recommendation=recommendation, names=names)
+    tracker.log_artifacts(plots, "plots")
+    tracker.log_artifacts(presets, "presets")
+    return recommendation, presets, plots

@@ -1,0 +1,168 @@
+"""Studies end to end: Optuna storage, MLflow parent/child runs, resuming, presets and plots.
+
+The end-to-end test runs the real tiny generator and tiny reward models; the others use the
+solid-colour stand-ins of ``conftest.py`` so they take a fraction of a second per trial.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+import pytest
+
+from fabric.errors import ConfigError
+from fabric.preset import read_preset
+from optimize.study import CONFIG_ATTR, Components, StorageSpec, load_components, open_study, run_study
+from optimize.tracking import PARENT_RUN_ATTR, MlflowTracker, NullTracker, TrackingWarning
+from studies import load_study_config
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# The tiny demo study shrunk further: one train and one held-out prompt, 2 rounds x 2 images, 3 steps.
+SMALL = {
+    "prompts": {"train": {"list": ["a red circle on a blue background"]}, "validation": {"list": ["a green circle on a white background"]}},
+    "protocol": {"steps": 3},
+    "sampler": {"name": "random"},
+    "trials": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    # One database per module: creating MLflow's schema costs seconds, experiments keep tests apart.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _runs(uri: str, experiment: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment}"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def _steps(client, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path):
+    config = load_study_config("tiny", SMALL)
+    components = load_components(config, generator=tiny_generator)
+    storage = StorageSpec.parse(tmp_path / "study.journal")
+
+    out = run_study(config, name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components)
+
+    assert out.new_trials == (0, 1) and not out.resumed and out.tracking_failure is None
+    client, parents, children = _runs(mlflow_uri, "e2e")
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert out.study.user_attrs[PARENT_RUN_ATTR] == parent.info.run_id == out.parent_run_id
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    for child in children:
+        run_id, data = child.info.run_id, child.data
+        assert data.tags["sampler"] == "random" and data.tags["state"] == "COMPLETE"
+        assert child.info.status == "FINISHED" and child.info.run_name == f"trial-{data.tags['trial_number']}"
+        assert data.tags["warm_start"] in ("paper", "a1111")  # both trials were the enqueued defaults
+        trial = out.study.trials[int(data.tags["trial_number"])]
+        assert float(data.params["max_weight"]) == trial.user_attrs["fabric_params"]["max_weight"]
+        assert data.params["steps"] == "3" and "search/feedback_span" in data.params
+        for key in ("score/pickscore", "diversity"):
+            assert _steps(client, run_id, key) == [0, 1]  # one value per round
+        assert data.metrics["value"] == pytest.approx(trial.value)
+        assert {"mean", "se"} <= set(data.metrics)
+        images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
+        assert sorted(p.split("+")[2] for p in images) == ["0", "1"]  # one grid per round of the one prompt
+        assert all(p.startswith("images/prompt_00+step+") for p in images)
+    assert _steps(client, parent.info.run_id, "best_value") == [0, 1]
+    assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [0, 1]
+    assert parent.data.params["rounds"] == "2" and parent.data.params["objective"] == "pickscore"
+    artifacts = {a.path for folder in ("plots", "presets") for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"plots/history.png", "presets/e2e.json", "presets/e2e.a1111.txt", "presets/e2e.comfyui.json", "presets/e2e.py"} <= artifacts
+    # the recommendation's JSON preset loads back into the exact parameters
+    assert out.presets[0].name == "e2e.json" and read_preset(out.presets[0])["params"] == out.recommendation.params
+
+    # Resuming with a larger budget adds one trial under the same parent run
+    more = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components)
+    assert more.resumed and more.new_trials == (2,) and more.parent_run_id == parent.info.run_id
+    _, parents, children = _runs(mlflow_uri, "e2e")
+    assert len(parents) == 1 and len(children) == 3
+    assert sorted(int(c.data.tags["trial_number"]) for c in children) == [0, 1, 2]
+    # the baseline came from the cache: still one value per round on the parent
+    assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [0, 1]
+
+    # The budget is spent: running again adds nothing
+    again = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components)
+    assert again.new_trials == () and len(_runs(mlflow_uri, "e2e")[2]) == 3
+
+
+def _standin_config(**changes):
+    overrides = {**SMALL, "prompts": {"train": {"list": ["a", "b"]}, "validation": {"list": ["c"]}}, "protocol": {"steps": 2, "n_images": 3}, "warm_start": [], "metrics": []}
+    overrides.update(changes)
+    return load_study_config("tiny", overrides)
+
+
+def test_resume_refuses_changed_settings_and_creates_nothing(standins, generator, red, tmp_path):
+    config = _standin_config(trials=1)
+    storage = StorageSpec.parse(tmp_path / "s.journal")
+    run_study(config, storage=storage, runs_dir=tmp_path, components=Components(generator, red), export=False)
+    before = storage.path.read_bytes()
+    changed = _standin_config(trials=2, prompts={"train": {"list": ["a", "z"]}})
+    with pytest.raises(ConfigError, match="different prompts.*--name"):
+        run_study(changed, storage=storage, runs_dir=tmp_path, components=Components(standins.ColourGenerator(), red))
+    assert storage.path.read_bytes() == before  # nothing written to the storage
+    # the sampler and the budget may change between runs
+    resumed = run_study(_standin_config(trials=2, sampler={"name": "tpe"}), storage=storage, runs_dir=tmp_path, components=Components(generator, red), export=False)
+    assert resumed.resumed and len(resumed.new_trials) == 1
+
+
+def test_stored_config_reopens_the_study(generator, red, tmp_path):
+    config = _standin_config(trials=1)
+    storage = StorageSpec.parse(tmp_path / "s.journal")
+    run_study(config, name="kept", storage=storage, runs_dir=tmp_path, components=Components(generator, red), export=False)
+    study, stored = open_study("kept", storage)
+    assert stored.fingerprint() == config.replace(name="kept").fingerprint()
+    assert stored.protocol.prompts == ("a", "b") and study.user_attrs[CONFIG_ATTR]["trials"] == 1
+    with pytest.raises(ConfigError, match="no study named 'nope'.*kept"):
+        open_study("nope", storage)
+    with pytest.raises(ConfigError, match="no study storage"):
+        open_study("kept", StorageSpec.parse(tmp_path / "missing.journal"))
+    assert not (tmp_path / "missing.journal").exists()
+
+
+def test_tracking_failure_warns_once_and_the_study_goes_on(generator, red, tmp_path):
+    from servers import free_port
+
+    tracker = MlflowTracker(f"http://127.0.0.1:{free_port()}", health_timeout=1.0)  # nothing listens there
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run_study(_standin_config(trials=2), storage=tmp_path / "s.journal", tracker=tracker, runs_dir=tmp_path, components=Components(generator, red))
+    tracking_warnings = [w for w in caught if issubclass(w.category, TrackingWarning)]
+    assert len(tracking_warnings) == 1 and "resume" in str(tracking_warnings[0].message)
+    assert len(out.new_trials) == 2 and all(t.state.name == "COMPLETE" for t in out.study.trials)
+    assert out.tracking_uri is None and "no MLflow server" in out.tracking_failure
+    assert out.presets and out.plots  # presets and plots are still written locally
+
+
+def test_pareto_study_plots_the_front(standins, generator, red, blue, mlflow_uri, tmp_path):
+    config = _standin_config(objective="pickscore,diversity", trials=4, protocol={"prune": False, "steps": 2, "n_images": 3})
+    objective = standins.MultiObjective((red, blue), ("maximize", "minimize"))
+    out = run_study(config, name="pareto", storage=tmp_path / "s.journal", tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=Components(generator, objective))
+    assert [d.name for d in out.study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    assert {p.name for p in out.plots} >= {"history.png", "pareto.png"}
+    client, parents, children = _runs(mlflow_uri, "pareto")
+    assert len(children) == 4
+    assert {"value/pickscore", "value/diversity"} <= set(children[0].data.metrics)
+    assert _steps(client, parents[0].info.run_id, "pareto_front_size") == [0, 1, 2, 3]
+
+
+def test_nan_scores_fail_the_trial_not_the_study(standins, generator, tmp_path):
+    tracker = NullTracker()
+    out = run_study(_standin_config(trials=2, protocol={"value": "final", "steps": 2, "n_images": 3}), storage=tmp_path / "s.journal", tracker=tracker, runs_dir=tmp_path, components=Components(generator, standins.NaNObjective()))
+    assert [t.state.name for t in out.study.trials] == ["FAIL", "FAIL"]
+    assert out.recommendation is None and out.presets == ()
+
