@@ -30,7 +30,8 @@ def _register_optional_commands() -> None:
     import importlib
 
     for module, names in (
-        ("fabric.cli.study", ("study", "report", "export", "worker")),
+        ("fabric.cli.study", ("study", "report", "export")),
+        ("fabric.cli.worker", ("worker",)),
     ):
         try:
             mod = importlib.import_module(module)
