@@ -1,27 +1,41 @@
 """Loading Stable Diffusion pipelines: hub id, local diffusers folder, single checkpoint file,
-or the built-in ``"tiny"`` / ``"toy"`` models."""
+or a built-in model (``"tiny"``, ``"tiny-v"``, ``"tiny-xl"``, ``"toy"``).
+
+Single-file checkpoints (``.safetensors`` / ``.ckpt`` in the original LDM/CompVis layout, as
+A1111 and ComfyUI use them) go through diffusers' ``from_single_file``. Their family is read
+from the checkpoint's keys (:func:`detect_model_type`) unless given. ``.ckpt`` files are opened
+with ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary
+unpickling. diffusers needs the component configs of the family; offline, pass ``config=`` a
+local diffusers folder of the same family (weights in it are not used).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import zipfile
 from pathlib import Path
 
 import torch
 
 from fabric.errors import ModelLoadError
 
-__all__ = ["load_pipeline", "BUILTIN_MODELS"]
+__all__ = ["load_pipeline", "detect_model_type", "read_checkpoint", "BUILTIN_MODELS", "MODEL_TYPES"]
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("tiny", "toy")
+BUILTIN_MODELS = ("tiny", "tiny-v", "tiny-xl", "toy")
+#: values of ``model_type`` / ``--model-type``: the pipeline family of a single-file checkpoint
+MODEL_TYPES = ("sd", "xl")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
-
-def _pipeline_class(kind: str):
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if kind == "xl" else StableDiffusionPipeline
+# detected family -> (pipeline kind, the hub folder diffusers takes configs from when none is given)
+_FAMILIES = {
+    "sd1": ("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+    "sd2": ("sd", "stabilityai/stable-diffusion-2-1"),
+    "xl": ("xl", "stabilityai/stable-diffusion-xl-base-1.0"),
+}
+_PIPELINE_CLASS = {"sd": "StableDiffusionPipeline", "xl": "StableDiffusionXLPipeline"}
 
 
 def load_pipeline(
@@ -35,31 +49,26 @@ def load_pipeline(
     """Build a diffusers text-to-image pipeline.
 
     Args:
-        model: ``"tiny"``, ``"toy"``, a local diffusers folder (with ``model_index.json``), a
-            single ``.safetensors`` / ``.ckpt`` checkpoint, or a hub id.
+        model: a built-in name (:data:`BUILTIN_MODELS`), a local diffusers folder (with
+            ``model_index.json``), a single ``.safetensors`` / ``.ckpt`` checkpoint, or a hub id.
         device: where the pipeline runs.
         dtype: weight dtype (float32 on CPU, float16/bfloat16 on CUDA).
-        model_type: ``"sd"`` or ``"xl"`` for single-file checkpoints; detected when ``None``.
-        config: a local diffusers folder holding the component configs of a single-file
-            checkpoint, for machines that cannot reach the hub.
+        model_type: ``"sd"`` (SD 1.x/2.x) or ``"xl"`` for single-file checkpoints; detected from
+            the checkpoint's keys when ``None``.
+        config: a local diffusers folder (or hub id) holding the component configs of a
+            single-file checkpoint's family, for machines that cannot reach the hub.
 
     Raises:
         ModelLoadError: the model cannot be found or loaded (one-line message).
     """
     name = str(model)
-    if name == "tiny":
-        from fabric.tiny import build_tiny_pipeline
-
-        return build_tiny_pipeline(device=device, dtype=dtype)
-    if name == "toy":
-        try:
-            from fabric.toy.model import build_toy_pipeline
-        except ImportError as exc:  # the toy world ships separately from the core generator
-            raise ModelLoadError(f"the 'toy' model is not available in this installation ({exc})") from None
-        return build_toy_pipeline(device=device, dtype=dtype)
-
     path = Path(name).expanduser()
-    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+    single_file = path.suffix.lower() in SINGLE_FILE_SUFFIXES
+    if (model_type is not None or config is not None) and not single_file:
+        raise ModelLoadError("model_type and config apply to single-file checkpoints (.safetensors/.ckpt) only")
+    if name in BUILTIN_MODELS:
+        return _builtin(name, device, dtype)
+    if single_file:
         if not path.is_file():
             raise ModelLoadError(f"checkpoint file not found: {path}")
         return _load_single_file(path, device, dtype, model_type=model_type, config=config)
@@ -69,10 +78,27 @@ def load_pipeline(
         return _from_pretrained(str(path), device, dtype)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelLoadError(
-            f"unknown model {name!r}: expected 'tiny', 'toy', a diffusers folder, a .safetensors/.ckpt file, "
-            "or a hub id like 'org/name'"
+            f"unknown model {name!r}: expected one of {', '.join(BUILTIN_MODELS)}, a diffusers folder, "
+            "a .safetensors/.ckpt file, or a hub id like 'org/name'"
         )
     return _from_pretrained(name, device, dtype)
+
+
+def _builtin(name: str, device, dtype):
+    if name == "toy":
+        try:
+            from fabric.toy.model import build_toy_pipeline
+        except ImportError as exc:  # the toy world ships separately from the core generator
+            raise ModelLoadError(f"the 'toy' model is not available in this installation ({exc})") from None
+        return build_toy_pipeline(device=device, dtype=dtype)
+    from fabric.tiny import TINY_MODELS
+
+    return TINY_MODELS[name](device=device, dtype=dtype)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _from_pretrained(source: str, device, dtype):
@@ -81,53 +107,141 @@ def _from_pretrained(source: str, device, dtype):
     try:
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, safety_checker=None)
     except (OSError, ValueError, EnvironmentError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(
-            f"could not load model {source!r}: {first} (offline? pass a local folder or checkpoint file)"
+            f"could not load model {source!r}: {_first_line(exc)} (offline? pass a local folder or checkpoint file)"
         ) from None
     return pipe.to(device)
 
 
-def _detect_single_file_type(path: Path) -> str:
-    """``"xl"`` when the checkpoint has SDXL's second text encoder, else ``"sd"``."""
-    keys = _checkpoint_keys(path)
-    if any(k.startswith("conditioner.embedders.1.") for k in keys):
-        return "xl"
-    return "sd"
+# ---- single-file checkpoints ------------------------------------------------------------------
+def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` or ``.ckpt`` checkpoint, loaded safely on the CPU.
+
+    ``.ckpt`` files go through ``torch.load(weights_only=True)``, which rebuilds tensors and
+    plain containers only and refuses any other pickled object. A nested ``"state_dict"`` (the
+    Lightning layout) is unwrapped.
+
+    Raises:
+        ModelLoadError: the file is unreadable, or holds something other than tensors.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise ModelLoadError(f"corrupt or unreadable checkpoint {path}: {_first_line(exc)}") from None
+    try:
+        # mmap needs the zip-based format of torch >= 1.6; older pickles load into memory
+        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot load {path} safely ({type(exc).__name__}): only tensor-only .ckpt files are accepted; "
+            "convert it to .safetensors with a tool you trust"
+        ) from None
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
 
 
-def _checkpoint_keys(path: Path) -> list[str]:
+def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape, reading only the header of a ``.safetensors`` file."""
     if path.suffix.lower() == ".safetensors":
         from safetensors import safe_open
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                return list(f.keys())
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise ModelLoadError(f"corrupt or unreadable checkpoint {path}: {exc}") from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        except Exception as exc:
+            raise ModelLoadError(f"corrupt or unreadable checkpoint {path}: {_first_line(exc)}") from None
+    return {k: tuple(v.shape) for k, v in read_checkpoint(path).items()}
+
+
+def detect_model_type(path: str | Path) -> str:
+    """The family of an original-layout (LDM) checkpoint: ``"sd1"``, ``"sd2"`` or ``"xl"``.
+
+    Read from the text encoders' key names: SD 1.x has OpenAI CLIP under
+    ``cond_stage_model.transformer``, SD 2.x OpenCLIP under ``cond_stage_model.model``, SDXL a
+    second (OpenCLIP) encoder under ``conditioner.embedders.1``.
+
+    Raises:
+        ModelLoadError: not a Stable Diffusion checkpoint, or a family FABRIC cannot drive
+            (SDXL refiner, inpainting).
+    """
+    path = Path(path)
+    shapes = _checkpoint_shapes(path)
+    if not any(k.startswith("model.diffusion_model.") for k in shapes):
         raise ModelLoadError(
-            f"cannot load {path} safely ({type(exc).__name__}); only tensor-only .ckpt files are accepted"
-        ) from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else {}
-    return list(state)
+            f"{path.name} is not an original-layout Stable Diffusion checkpoint (no model.diffusion_model.* keys); "
+            "a LoRA goes to --lora, a diffusers folder to --model"
+        )
+    conv_in = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
+    if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
+        raise ModelLoadError(f"{path.name} is an inpainting/edit checkpoint ({conv_in[1]} input channels); use a text-to-image model")
+    if any(k.startswith("conditioner.embedders.1.") for k in shapes):
+        return "xl"
+    if any(k.startswith("conditioner.embedders.0.model.") for k in shapes):
+        raise ModelLoadError(f"{path.name} is an SDXL refiner checkpoint (img2img only); use an SDXL base model")
+    if any(k.startswith("cond_stage_model.model.") for k in shapes):
+        return "sd2"
+    if any(k.startswith("model.diffusion_model.label_emb.") for k in shapes):
+        return "xl"  # a U-Net-only SDXL file: text-time embedding without text encoders
+    return "sd1"
+
+
+def _config_pipeline_class(config: Path) -> str | None:
+    index = config / "model_index.json"
+    try:
+        return json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
 
 
 def _load_single_file(path: Path, device, dtype, *, model_type: str | None, config):
-    kind = model_type or _detect_single_file_type(path)
-    if kind not in ("sd", "xl"):
-        raise ModelLoadError(f"unknown model type {kind!r}; use 'sd' or 'xl'")
-    cls = _pipeline_class(kind)
-    kwargs = {"torch_dtype": dtype}
+    import diffusers
+
+    family = detect_model_type(path)  # also refuses unsafe .ckpt files before diffusers opens them
+    if model_type is None:
+        kind = _FAMILIES[family][0]
+    elif model_type in MODEL_TYPES:
+        kind = model_type
+    else:
+        raise ModelLoadError(f"unknown model type {model_type!r}; use one of {', '.join(MODEL_TYPES)}")
+    logger.info("loading %s as %s (detected family %s)", path, _PIPELINE_CLASS[kind], family)
+
+    kwargs: dict = {"torch_dtype": dtype}
+    if kind == "sd":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
     if config is not None:
-        kwargs["config"] = str(config)
+        config_path = Path(config).expanduser()
+        if config_path.is_dir():
+            expected = _PIPELINE_CLASS[kind]
+            found = _config_pipeline_class(config_path)
+            if found is None:
+                raise ModelLoadError(f"config folder {config_path} has no readable model_index.json")
+            if found != expected:
+                raise ModelLoadError(
+                    f"config folder {config_path} is for {found}, but {path.name} needs {expected}; "
+                    "pass a config folder of the same model family"
+                )
+            kwargs.update(config=str(config_path), local_files_only=True)
+        elif str(config).startswith((".", "/", "~")) or str(config).count("/") != 1:
+            raise ModelLoadError(f"config folder not found: {config_path}")
+        else:
+            kwargs["config"] = str(config)  # a hub id
+
+    cls = getattr(diffusers, _PIPELINE_CLASS[kind])
     try:
         pipe = cls.from_single_file(str(path), **kwargs)
     except Exception as exc:  # diffusers raises many types here; all mean "cannot load this file"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"could not load checkpoint {path}: {first}") from None
-    if getattr(pipe, "safety_checker", None) is not None:
-        pipe.safety_checker = None
+        hint = ""
+        if config is None:
+            hint = (
+                f" (offline? pass config=/--config a local diffusers folder of the same family, "
+                f"e.g. a copy of {_FAMILIES[family][1]})"
+            )
+        raise ModelLoadError(f"could not load checkpoint {path}: {_first_line(exc)}{hint}") from None
     return pipe.to(device)

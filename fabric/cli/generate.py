@@ -56,6 +56,9 @@ def generate(
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
     scheduler: Optional[str] = options.SCHEDULER,
+    lora: list[str] = typer.Option([], "--lora", help="LoRA file or folder, PATH[:scale] (repeatable; scale 1 by default)."),
+    model_type: Optional[str] = typer.Option(None, "--model-type", help="sd or xl: family of a .safetensors/.ckpt model (default: detected)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Local diffusers folder with the configs of a .safetensors/.ckpt model's family (offline)."),
 ) -> None:
     """Generate images with FABRIC feedback; writes images, a grid and a reproducible JSON sidecar."""
     from fabric.images import load_images
@@ -83,6 +86,12 @@ def generate(
         model = base["model"]
 
     # 2. Inputs: images and model, before any denoising
+    from fabric.lora import parse_lora_spec
+    from fabric.models import MODEL_TYPES
+
+    if model_type is not None and model_type not in MODEL_TYPES:
+        raise ConfigError(f"--model-type must be one of {', '.join(MODEL_TYPES)}, got {model_type!r}")
+    loras = [parse_lora_spec(spec) for spec in lora]
     liked_images = load_images(liked_paths)
     disliked_images = load_images(disliked_paths)
     dev, dt = options.resolve_device_dtype(device, dtype)
@@ -93,7 +102,9 @@ def generate(
 
     with Progress(transient=True) as bar:
         task = bar.add_task("loading model", total=None)
-        gen = FabricGenerator.from_pretrained(model, device=dev, dtype=dt, scheduler=scheduler)
+        gen = FabricGenerator.from_pretrained(
+            model, device=dev, dtype=dt, scheduler=scheduler, model_type=model_type, config=config, lora=loras
+        )
         bar.update(task, description="denoising", total=params.steps, completed=0)
         images = gen.generate(
             prompt,
@@ -131,6 +142,10 @@ def generate(
         width=w,
         model=model,
         scheduler=scheduler,
+        model_type=model_type,
+        config=str(config.resolve()) if config else None,
+        lora=[{"path": str(Path(p).resolve()), "scale": s} for p, s in loras],
+        negative_prefix=gen.negative_prefix,
         liked=[str(Path(p).resolve()) for p in liked_paths],
         disliked=[str(Path(p).resolve()) for p in disliked_paths],
         images=names,
