@@ -417,10 +417,19 @@ class FabricGenerator:
             return out[0], out[2]
         return out[0], None
 
-    def _alpha_bar(self, t: torch.Tensor | float) -> float:
-        """``abar`` at a (possibly fractional) timestep, interpolating sigma linearly in t as the
-        Euler family does; exact at integer timesteps."""
-        ac = self.pipeline.scheduler.alphas_cumprod.double()
+    def _alpha_bar(self, t: torch.Tensor | float, index: int | None = None) -> float:
+        """``abar`` of the model input at timestep ``t``.
+
+        Schedulers with a ``sigmas`` table (Euler, DPM++, Heun, ... also with Karras sigmas) are
+        read at the step's ``index``, exactly; the others interpolate sigma linearly in ``t``,
+        which is exact at the integer timesteps they use.
+        """
+        scheduler = self.pipeline.scheduler
+        table = getattr(scheduler, "sigmas", None)
+        if index is not None and isinstance(table, torch.Tensor) and index < len(table) - 1:
+            sigma = float(table[index])
+            return 1.0 / (sigma**2 + 1.0)
+        ac = scheduler.alphas_cumprod.double()
         sigmas = ((1 - ac) / ac).sqrt()
         t = float(t)
         lo = min(max(int(t), 0), len(ac) - 1)
@@ -430,7 +439,7 @@ class FabricGenerator:
         return float(1.0 / (sigma**2 + 1.0))
 
     def _record(
-        self, refs: list[_Reference], t, state: FabricState, empty: torch.Tensor, pooled, time_ids
+        self, refs: list[_Reference], t, index: int, state: FabricState, empty: torch.Tensor, pooled, time_ids
     ) -> list[dict[str, torch.Tensor]]:
         """Tokens of each reference at every ``attn1`` layer, at timestep ``t``.
 
@@ -442,7 +451,7 @@ class FabricGenerator:
         found = [self.state_cache.get(k) if self.state_cache.max_bytes else None for k in keys]
         todo = [i for i, s in enumerate(found) if s is None]
         if todo:
-            a = self._alpha_bar(t)
+            a = self._alpha_bar(t, index)
             z0 = torch.stack([refs[i].latent for i in todo])  # (R, 4, h, w)
             eps = torch.stack(
                 [
@@ -486,9 +495,11 @@ class FabricGenerator:
             if state.mode == "record":  # the reference pass itself
                 return None
             t = args[1] if len(args) > 1 else kwargs["timestep"]
-            timesteps = scheduler.timesteps
-            index = int((timesteps.to(torch.float64).cpu() - float(t)).abs().argmin())
-            step = index * n_steps // max(len(timesteps), 1)  # higher-order schedulers repeat timesteps
+            timesteps = scheduler.timesteps.to(torch.float64).cpu()
+            index = int((timesteps - float(t)).abs().argmin())
+            # higher-order schedulers (Heun, PNDM, DPM++ SDE) repeat timesteps: number the distinct ones
+            distinct = list(dict.fromkeys(round(float(x), 4) for x in timesteps))
+            step = distinct.index(round(float(timesteps[index]), 4)) * n_steps // max(len(distinct), 1)
             w = step_weights(step, n_steps, params)
             use_pos = pos if w.pos > 0 else []
             use_neg = neg if (w.neg > 0 and guidance) else []
@@ -499,7 +510,7 @@ class FabricGenerator:
             if pooled is not None:
                 added = kwargs.get("added_cond_kwargs") or {}
                 time_ids = added["time_ids"][-1:]  # the conditional half's (size, crop, target) ids
-            tokens = self._record(use_pos + use_neg, t, state, empty, pooled, time_ids)
+            tokens = self._record(use_pos + use_neg, t, index, state, empty, pooled, time_ids)
             pos_tokens, neg_tokens = tokens[: len(use_pos)], tokens[len(use_pos) :]
             pos_w = layer_weights(layer_names, w.pos, params.pos_bottleneck_scale, n_down)
             neg_w = layer_weights(layer_names, w.neg, params.neg_bottleneck_scale, n_down)
