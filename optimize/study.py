@@ -401,6 +401,7 @@ class StudyOutcome:
         plots: written plot files.
         tracking_uri: the MLflow tracking URI (``None`` when tracking was off or failed).
         parent_run_id: the study's MLflow parent run.
+        tracking_url: where the parent run can be seen (a link for tracking servers).
         tracking_failure: why tracking stopped, if it did.
         run_dir: the study's folder under the runs dir.
     """
@@ -415,6 +416,7 @@ class StudyOutcome:
     plots: tuple[Path, ...]
     tracking_uri: str | None
     parent_run_id: str | None
+    tracking_url: str | None
     tracking_failure: str | None
     run_dir: Path
 
@@ -563,6 +565,7 @@ def run_study(
         plots=tuple(plots),
         tracking_uri=tracker.uri if tracker.enabled else None,
         parent_run_id=tracker.parent_run_id if tracker.enabled else None,
+        tracking_url=tracker.run_url() if tracker.enabled else None,
         tracking_failure=getattr(tracker, "failure", None),
         run_dir=run_dir,
     )

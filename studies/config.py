@@ -417,7 +417,12 @@ def read_study_data(study: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         raise ConfigError(f"{path}: 'extends' must be a study name or a file path, got {parent!r}")
     if parent.endswith((".yaml", ".yml")) and not Path(parent).is_absolute():
         parent = str(path.parent / parent)
-    base = read_study_data(parent, (*_seen, path))
+    try:
+        base = read_study_data(parent, (*_seen, path))
+    except ConfigError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ConfigError(f"{path}: extends: {exc}") from None
     base.pop("name", None)  # a derived study is its own study
     return merge_study_data(base, data)
 

@@ -1,0 +1,155 @@
+"""Study definitions: the built-in studies, choosing a study from the command line, extends and
+overrides, the stored record and fingerprint, and one-line errors for bad files."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from PIL import Image
+
+from fabric.errors import ConfigError
+from optimize.protocol import DEFAULT_NEGATIVE_PROMPT
+from studies import StudyConfig, available_studies, load_study_config, read_study_data, resolve_study
+
+PAPER_NEGATIVE = "lowres, bad anatomy, bad hands, cropped, worst quality"
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    for name, colour in (("a.png", "red"), ("b.png", "blue"), ("c.png", "green")):
+        Image.new("RGB", (8, 8), colour).save(tmp_path / name)
+    (tmp_path / "train.csv").write_text("prompt,image\na red thing,a.png\na blue thing,b.png\n")
+    (tmp_path / "heldout.csv").write_text("prompt,image\na green thing,c.png\n")
+    return tmp_path
+
+
+def test_builtin_studies():
+    assert available_studies() == ["hps", "pickscore", "pickscore-diversity", "target", "tiny"]
+    pick = load_study_config("pickscore")
+    # the paper's preference-model setting
+    assert pick.model == "dreamlike-art/dreamlike-photoreal-2.0" and pick.objective == "pickscore"
+    assert (pick.protocol.rounds, pick.protocol.n_images, pick.steps, pick.space.base.guidance_scale) == (3, 4, 20, 6.0)
+    assert pick.protocol.negative_prompt == PAPER_NEGATIVE == DEFAULT_NEGATIVE_PROMPT
+    assert pick.protocol.feedback == "preference" and pick.metrics == ("diversity",)
+    assert len(pick.protocol.prompts) == 16 and len(pick.protocol.validation_prompts) == 8
+    assert pick.sampler == "botorch" and pick.warm_start == ("paper", "a1111")
+    assert load_study_config("hps").objective == "hpsv2"
+    pareto = load_study_config("pickscore-diversity")
+    assert pareto.multi_objective and pareto.feedback_objective == "pickscore" and not pareto.protocol.prune
+    tiny = load_study_config("tiny")
+    assert tiny.model == "tiny" and tiny.objective_weights["pickscore"] == "tiny" and tiny.steps == 4
+    assert (tiny.protocol.rounds, tiny.protocol.n_images) == (2, 2)
+
+
+def test_target_study_needs_prompt_image_pairs(pairs):
+    with pytest.raises(ConfigError, match="no train prompts.*--prompts pairs.csv"):
+        load_study_config("target")
+    config = load_study_config("target", {"prompts": {"train": str(pairs / "train.csv"), "validation": str(pairs / "heldout.csv")}})
+    assert config.protocol.feedback == "target" and config.objective == "target"
+    assert config.protocol.targets == (str(pairs / "a.png"), str(pairs / "b.png"))
+    assert config.protocol.validation_targets == (str(pairs / "c.png"),)
+
+
+@pytest.mark.parametrize(
+    "objective, study, name",
+    [
+        ("pickscore", "pickscore", "pickscore"),
+        ("hpsv2", "hps", "hps"),
+        ("target", None, None),
+        ("pickscore,diversity", "pickscore-diversity", "pickscore-diversity"),
+        ("aesthetic", "pickscore", "aesthetic"),
+        ("pickscore+0.5*aesthetic", "pickscore", "pickscore+0.5-aesthetic"),
+    ],
+)
+def test_objective_alone_picks_a_study(objective, study, name):
+    if study is None:  # the target study needs pairs: it was picked, and says so
+        with pytest.raises(ConfigError, match="target.yaml: prompts"):
+            resolve_study(objective=objective)
+        return
+    config = resolve_study(objective=objective)
+    assert config.name == name and config.objective == objective
+    assert config.source.endswith(f"{study}.yaml")
+
+
+def test_flags_override_the_study_file():
+    config = resolve_study("tiny", "hpsv2", {"model": "other/model", "trials": 3, "sampler": {"name": "tpe"}, "objective_weights": {"hpsv2": "tiny"}})
+    assert (config.objective, config.model, config.trials, config.sampler) == ("hpsv2", "other/model", 3, "tpe")
+    assert config.sampler_options == {}  # botorch's options do not carry over to another sampler
+    assert config.objective_weights == {"pickscore": "tiny", "diversity": "tiny", "hpsv2": "tiny", "target": "tiny"}
+    same = resolve_study("tiny", None, {"sampler": {"name": "botorch", "options": {"num_restarts": 2}}})
+    assert same.sampler_options == {"n_startup_trials": 4, "num_restarts": 2}
+    with pytest.raises(ConfigError, match="pass --objective"):
+        resolve_study()
+
+
+def test_extends_merges_and_resolves_paths_per_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mine.txt").write_text("my prompt\n")
+    (tmp_path / "sub" / "base.yaml").write_text("extends: tiny\nprompts: {train: mine.txt}\nprotocol: {rounds: 3}\n")
+    (tmp_path / "child.yaml").write_text("extends: sub/base.yaml\nprotocol: {n_images: 3}\nsearch_space: {extends: default, fixed: {prompt_dropout: 0.0}}\n")
+    config = load_study_config(tmp_path / "child.yaml")
+    assert config.name == "child"  # a derived study is its own study
+    assert config.protocol.prompts == ("my prompt",)  # resolved against sub/, where base.yaml lives
+    assert (config.protocol.rounds, config.protocol.n_images, config.steps) == (3, 3, 4)
+    assert "prompt_dropout" not in config.space.names and config.model == "tiny"
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        read_study_data(tmp_path / "loop.yaml")
+
+
+def test_record_round_trip_and_fingerprint(pairs):
+    config = load_study_config("target", {"prompts": {"train": str(pairs / "train.csv")}})
+    again = StudyConfig.from_dict(config.to_dict())
+    assert again.replace(source=config.source) == config
+    assert again.fingerprint() == config.fingerprint()
+    # what a trial measures changes the fingerprint; the budget and the sampler do not
+    assert config.replace(trials=99, sampler="tpe").fingerprint() == config.fingerprint()
+    changed = load_study_config("target", {"prompts": {"train": str(pairs / "train.csv")}, "protocol": {"rounds": 2}})
+    assert changed.fingerprint() != config.fingerprint() and config.differences(changed) == ["protocol"]
+    # a stored record opens without its images (export on another machine)
+    (pairs / "a.png").unlink()
+    assert StudyConfig.from_dict(config.to_dict(), check_files=False).protocol.targets[0].endswith("a.png")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: x\nmodel: tiny\nobjective: pickscore\nprompts: {train: tiny\n", r"not valid YAML at line \d+"),
+        ("- a list\n", "must be a mapping"),
+        ("", "is empty"),
+        ("extends: tiny\nprotocl: {}\n", "unknown key.*protocl"),
+        ("extends: tiny\nprotocol: {round: 2}\n", "protocol: unknown key.*round"),
+        ("extends: tiny\nprotocol: {rounds: 0}\n", "rounds must be >= 1"),
+        ("extends: tiny\nprotocol: {feedback: human}\n", "feedback must be"),
+        ("extends: tiny\nsampler: nosuch\n", "unknown sampler 'nosuch'"),
+        ("extends: tiny\nsampler: {name: tpe, opts: {}}\n", "sampler must be a name"),
+        ("extends: tiny\npruner: hyperband\n", "unknown pruner"),
+        ("extends: tiny\nobjective: nosuch\n", "unknown objective 'nosuch'"),
+        ("extends: tiny\nfeedback_objective: 'pickscore,diversity'\n", "one objective spec"),
+        ("extends: tiny\nscheduler: warp\n", "unknown scheduler 'warp'"),
+        ("extends: tiny\ntrials: -1\n", "trials must be a positive integer"),
+        ("extends: tiny\nwarm_start: [nosuch]\n", "unknown preset"),
+        ("extends: tiny\nsearch_space: {parameters: {nosuch: [0, 1]}}\n", "unknown parameter 'nosuch'"),
+        ("extends: tiny\nsearch_space: {parameters: {max_weight: {low: 1, high: 0}}}\n", "must be below high"),
+        ("extends: tiny\nobjective_weights: {pickscore: 3}\n", "objective_weights.pickscore"),
+        ("extends: nosuch\n", "unknown study 'nosuch'"),
+        ("name: has space\nextends: tiny\n", "study name must be"),
+        ("model: tiny\nobjective: pickscore\n", "no train prompts"),
+    ],
+)
+def test_bad_study_files_are_one_line_errors_naming_the_file(text, message, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_study_config(path)
+    assert re.search(message, str(info.value)), str(info.value)
+    assert "\n" not in str(info.value) and "bad.yaml" in str(info.value)
+
+
+def test_loading_a_study_imports_no_heavy_library():
+    import subprocess
+    import sys
+
+    code = "import sys, studies; studies.load_study_config('pickscore'); print(sorted(m for m in ('torch', 'optuna', 'mlflow') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
