@@ -19,8 +19,14 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The offline demo study (studies/tiny.yaml): tiny model, tiny reward models, 8 trials, about a
+# minute on 2 CPU cores. Everything goes under runs/ (Optuna journal, MLflow database, presets,
+# plots); running it again resumes the finished study and prints the summary.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/fabric-opt generate --model tiny --prompt "a red circle on a blue background" --n-images 4 --steps 10 --out outputs/demo
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/fabric-opt study --study tiny \
+		--runs-dir runs --storage runs/optuna.journal --tracking-uri sqlite:///runs/mlflow.db
+	@echo "recommended preset (fabric-opt generate --preset runs/tiny/presets/tiny.json):"
+	@cat runs/tiny/presets/tiny.json
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.generator
