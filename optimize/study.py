@@ -164,7 +164,9 @@ class StorageSpec:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            return optuna.storages.RDBStorage(self.url, heartbeat_interval=60, grace_period=180)
+            from optimize.workers import requeue_stale_trial  # reliability: re-run trials of dead workers
+
+            return optuna.storages.RDBStorage(self.url, heartbeat_interval=60, grace_period=180, heartbeat_stale_trial_callback=requeue_stale_trial)
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for "unreachable"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"cannot open storage {self}: {first}") from None
@@ -461,7 +463,6 @@ def run_study(
     """
     import optuna
 
-    from optimize.protocol import NonFiniteScoreError
     from optimize.samplers import enqueue_defaults
     from optimize.tracking import NullTracker
 
@@ -507,6 +508,10 @@ def run_study(
 
     # 4. Tracking and the baseline
     tracker.start_study(study, config)
+    # reliability (optimize.workers): fail and re-enqueue trials left RUNNING by dead workers of this host
+    from optimize.workers import CATCH, BudgetGuard, recover_dead_trials
+
+    recover_dead_trials(study, tracker)
     status = "FINISHED"
     current: dict[str, int] = {}
     new_trials: list[int] = []
@@ -521,7 +526,8 @@ def run_study(
         if to_run == 0:
             logger.info("study %s already has %d finished trials (budget %d); raise --trials to run more", name, finished, config.trials)
 
-        objective = _trial_function(evaluator, config, tracker, progress, current)
+        guard = BudgetGuard(study, config.trials, to_run)  # reliability: exact budget with several workers
+        objective = guard.wrap(_trial_function(evaluator, config, tracker, progress, current))
 
         def after_trial(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
             current.pop("trial", None)
@@ -529,12 +535,12 @@ def run_study(
             tracker.end_trial(study, trial)
             progress.trial_end(trial)
 
-        if to_run:
+        if to_run and guard.claim():
             study.optimize(
                 objective,
                 n_trials=to_run,
-                callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=_finished_states()), after_trial],
-                catch=(NonFiniteScoreError,),
+                callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=_finished_states()), after_trial, guard],
+                catch=CATCH,
                 gc_after_trial=False,
             )
     except KeyboardInterrupt:

@@ -1,0 +1,45 @@
+"""``fabric-opt worker NAME``: another process working on a running study.
+
+One machine: start ``fabric-opt study`` once, then ``fabric-opt worker NAME --device cuda:1`` per
+extra GPU; they share the default journal file. Several machines: give every process the same
+``--storage postgresql://...`` (heartbeats fail the trials of a worker that dies, and their
+parameters are run again). See docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fabric.cli import options
+from fabric.cli.study import RUNS_DIR, STORAGE, TRACKING_URI
+
+__all__ = ["worker"]
+
+
+def worker(
+    name: str = typer.Argument(..., help="Study name (created by `fabric-opt study`)."),
+    storage: Optional[str] = STORAGE,
+    runs_dir: Path = RUNS_DIR,
+    tracking_uri: str = TRACKING_URI,
+    device: Optional[str] = options.DEVICE,
+    dtype: Optional[str] = options.DTYPE,
+) -> None:
+    """Join a study as another worker: read its settings from the storage, load the models, and run
+    trials until the study's budget is spent (trials of dead workers on this host are re-run)."""
+    from fabric.cli.study import _console, _print_summary, _quiet_libraries, _RichProgress
+    from optimize.study import StorageSpec, check_objectives, open_study, run_study
+    from optimize.tracking import make_tracker
+
+    # everything checked before a model is loaded or a file written
+    spec = StorageSpec.parse(storage, runs_dir)
+    tracker = make_tracker(tracking_uri)
+    dev, dt = options.resolve_device_dtype(device, dtype)
+    _, config = open_study(name, spec)
+    check_objectives(config)
+    _quiet_libraries()
+    with _RichProgress(_console(stderr=True)) as progress:
+        outcome = run_study(config, name=name, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, progress=progress)
+    _print_summary(outcome)
