@@ -42,6 +42,7 @@ __all__ = [
     "plot_importances",
     "plot_pareto",
     "save_plots",
+    "small_sample_caution",
     "write_report",
 ]
 
@@ -143,6 +144,9 @@ class StudyReport:
                         f"{'yes' if c.better else 'not shown'} |"
                     )
                 lines.append("")
+                caution = small_sample_caution(rec.comparisons)
+                if caution:
+                    lines += [f"Caution: {caution}", ""]
         if len(self.best) > 1:
             lines += ["## Pareto front", "", "| trial | " + " | ".join(self.objective_names) + " |", "|---" * (1 + len(self.objective_names)) + "|"]
             for b in self.best:
@@ -153,6 +157,21 @@ class StudyReport:
             lines += [f"| {k} | {v:.3f} |" for k, v in self.importances.items()]
             lines.append("")
         return "\n".join(lines)
+
+
+# Below this many held-out prompts a bootstrap interval says little about new prompts.
+MIN_PROMPTS_FOR_CI = 5
+
+
+def small_sample_caution(comparisons: Sequence["Comparison"]) -> str | None:
+    """A warning when the held-out comparison rests on too few prompts to mean much."""
+    n = min((len(c.per_prompt) for c in comparisons), default=0)
+    if 0 < n < MIN_PROMPTS_FOR_CI:
+        return (
+            f"the comparison uses {n} held-out prompt(s); a bootstrap interval over so few prompts is not evidence. "
+            f"Use {MIN_PROMPTS_FOR_CI} or more validation prompts"
+        )
+    return None
 
 
 def _num(value: float | None) -> float | None:

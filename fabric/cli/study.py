@@ -298,6 +298,8 @@ def report(
 def _print_report(result: Any, files: list[Path]) -> None:
     from rich.table import Table
 
+    from optimize.report import small_sample_caution
+
     console = _console()
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items() if n)
     console.print(f"[bold]Study {result.study_name}[/bold]: {states}")
@@ -313,6 +315,9 @@ def _print_report(result: Any, files: list[Path]) -> None:
             for c in rec.comparisons:
                 table.add_row(c.reference, f"{c.mean_difference:+.4g}", f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%})", "yes" if c.better else "not shown")
             console.print(table)
+            caution = small_sample_caution(rec.comparisons)
+            if caution:
+                console.print(f"caution: {caution}")
     if len(result.best) > 1:
         console.print(f"Pareto front: trials {', '.join(str(b['number']) for b in result.best)}")
     if result.importances:

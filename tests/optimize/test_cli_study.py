@@ -48,8 +48,14 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def common(workdir):
-    return ["--runs-dir", str(workdir / "runs"), "--tracking-uri", f"sqlite:///{workdir / 'mlflow.db'}"]
+def mlflow_db(tmp_path_factory):
+    # One SQLite store per test session: creating MLflow's schema costs seconds; experiment names keep tests apart.
+    return tmp_path_factory.getbasetemp() / "studies-mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def common(workdir, mlflow_db):
+    return ["--runs-dir", str(workdir / "runs"), "--tracking-uri", f"sqlite:///{mlflow_db}"]
 
 
 @pytest.fixture(scope="module")
@@ -68,23 +74,23 @@ def ran(workdir, common):
     return workdir
 
 
-def test_study_prints_summary_preset_and_mlflow_command(ran, common, capsys):
+def test_study_prints_summary_preset_and_mlflow_command(ran, common, mlflow_db, capsys):
     # a finished study runs no trial when called again, and prints the same summary
     code, out, err = run(["study", "--study", str(ran / "study.yaml"), *common], capsys)
     assert code == 0, err
     assert "Study clitiny (resumed" in out and "2 of 2 finished" in out and "0 run now" in out
     assert f"recommended preset: {ran / 'runs' / NAME / 'presets' / 'clitiny.json'}" in out
-    assert f"mlflow ui --backend-store-uri sqlite:///{ran / 'mlflow.db'}" in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{mlflow_db}" in out
     assert (ran / "runs" / "optuna.journal").is_file() and (ran / "runs" / NAME / "plots" / "history.png").is_file()
 
 
-def test_resume_with_more_trials_adds_them(ran, common, capsys):
+def test_resume_with_more_trials_adds_them(ran, common, mlflow_db, capsys):
     from mlflow import MlflowClient
 
     code, out, err = run(["study", "--study", str(ran / "study.yaml"), "--trials", "3", *common], capsys)
     assert code == 0, err
     assert "3 of 3 finished" in out and "1 run now" in out
-    client = MlflowClient(f"sqlite:///{ran / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{mlflow_db}")
     runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
     assert len(runs) == 4  # one parent, three trials
 
@@ -101,6 +107,7 @@ def test_report_compares_with_the_defaults_on_held_out_prompts(ran, common, caps
     for plot in ("history.png", "comparison.png"):
         assert (ran / "runs" / NAME / "report" / plot).is_file()
     assert "Held-out comparison" in out and "paper" in out and "a1111" in out
+    assert "caution: the comparison uses 1 held-out prompt(s)" in out  # one prompt is not evidence
 
 
 def test_export_formats(ran, common, capsys, tmp_path):

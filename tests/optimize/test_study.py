@@ -30,8 +30,8 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def mlflow_uri(tmp_path_factory):
-    # One database per module: creating MLflow's schema costs seconds, experiments keep tests apart.
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    # One SQLite store per test session: creating MLflow's schema costs seconds; experiment names keep tests apart.
+    return f"sqlite:///{tmp_path_factory.getbasetemp() / 'studies-mlflow.db'}"
 
 
 def _runs(uri: str, experiment: str):
@@ -87,7 +87,7 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
     assert out.presets[0].name == "e2e.json" and read_preset(out.presets[0])["params"] == out.recommendation.params
 
     # Resuming with a larger budget adds one trial under the same parent run
-    more = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components)
+    more = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components, export=False)
     assert more.resumed and more.new_trials == (2,) and more.parent_run_id == parent.info.run_id
     _, parents, children = _runs(mlflow_uri, "e2e")
     assert len(parents) == 1 and len(children) == 3
@@ -96,7 +96,7 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
     assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [0, 1]
 
     # The budget is spent: running again adds nothing
-    again = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components)
+    again = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components, export=False)
     assert again.new_trials == () and len(_runs(mlflow_uri, "e2e")[2]) == 3
 
 
@@ -166,3 +166,25 @@ def test_nan_scores_fail_the_trial_not_the_study(standins, generator, tmp_path):
     assert [t.state.name for t in out.study.trials] == ["FAIL", "FAIL"]
     assert out.recommendation is None and out.presets == ()
 
+
+
+def test_target_image_study_on_the_tiny_model(tiny_generator, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (220, 30, 30)).save(tmp_path / "red.png")
+    Image.new("RGB", (64, 64), (30, 40, 220)).save(tmp_path / "blue.png")
+    (tmp_path / "pairs.csv").write_text("prompt,image\na red circle,red.png\n")
+    (tmp_path / "heldout.csv").write_text("prompt,image\na blue square,blue.png\n")
+    overrides = {
+        "model": "tiny", "objective_weights": {"target": "tiny"}, "trials": 1, "warm_start": ["paper"], "pruner": "none",
+        "prompts": {"train": str(tmp_path / "pairs.csv"), "validation": str(tmp_path / "heldout.csv")},
+        "protocol": {"rounds": 2, "n_images": 2, "steps": 3}, "sampler": "random",
+    }  # fmt: skip
+    config = load_study_config("target", overrides)
+    components = load_components(config, generator=tiny_generator)
+    out = run_study(config, storage=tmp_path / "s.journal", runs_dir=tmp_path, components=components, export=False)
+    [trial] = out.study.trials
+    assert trial.state.name == "COMPLETE" and set(trial.user_attrs["round_metrics"]) == {"score/target"}
+    assert len(trial.user_attrs["round_metrics"]["score/target"]) == 2
+    with pytest.raises(ConfigError, match="compares with a target image"):
+        load_components(config.replace(feedback_objective="pickscore", objective_weights={"target": "tiny", "pickscore": "tiny"}), generator=tiny_generator)

@@ -98,16 +98,32 @@ def test_reward_grid_labels_every_image_with_its_scores():
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
+    import os
+    import signal
+
     from servers import start_mlflow
 
-    server = start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
+    with pytest.MonkeyPatch.context() as env:
+        # the server's job runner (three more processes) serves features a tracking test never uses
+        env.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        server = start_mlflow(tmp_path_factory.mktemp("mlflow-server"))
     if isinstance(server, str):
         pytest.skip(f"mlflow server could not start: {server}")
     yield server
+    try:  # the server's process group: `mlflow server` and its uvicorn worker stop together
+        os.killpg(server.process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
     server.stop()
 
 
-def test_study_logs_to_a_real_mlflow_server_then_moves_to_sqlite(mlflow_server, generator, red, tmp_path):
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    # One SQLite store per test session: creating MLflow's schema costs seconds; experiment names keep tests apart.
+    return f"sqlite:///{tmp_path_factory.getbasetemp() / 'studies-mlflow.db'}"
+
+
+def test_study_logs_to_a_real_mlflow_server_then_moves_to_sqlite(mlflow_server, mlflow_uri, generator, red, tmp_path):
     from mlflow import MlflowClient
 
     storage = StorageSpec.parse(tmp_path / "s.journal")
@@ -129,7 +145,7 @@ def test_study_logs_to_a_real_mlflow_server_then_moves_to_sqlite(mlflow_server, 
     assert tracker.run_url().startswith(f"{mlflow_server.url}/#/experiments/{experiment.experiment_id}/runs/")
 
     # Resumed against another tracking store, the study gets a new parent run there
-    sqlite_uri = f"sqlite:///{tmp_path / 'moved.db'}"
+    sqlite_uri = mlflow_uri
     moved = run_study(_config(trials=3), name="over-http", storage=storage, tracker=MlflowTracker(sqlite_uri), runs_dir=tmp_path, components=Components(generator, red), export=False)
     assert moved.resumed and moved.parent_run_id not in (None, parents[0].info.run_id)
     assert moved.study.user_attrs[PARENT_RUN_ATTR] == moved.parent_run_id
