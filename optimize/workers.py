@@ -259,6 +259,8 @@ def _default_lock_path(study: "optuna.Study") -> str:
     journal = getattr(backend, "_file_path", None) if isinstance(storage, JournalStorage) else None
     if journal:
         return f"{journal}.{hashlib.sha1(study.study_name.encode()).hexdigest()[:12]}.budget-lock"
-    where = str(getattr(getattr(storage, "engine", None), "url", id(storage)))
+    rdb = getattr(storage, "_backend", storage)  # Optuna wraps RDBStorage in a cache
+    where = getattr(getattr(rdb, "engine", None), "url", None)
+    where = where.render_as_string(hide_password=True) if where is not None else repr(storage)
     key = hashlib.sha1(f"{where}|{study.study_name}".encode()).hexdigest()[:16]
     return os.path.join(tempfile.gettempdir(), f"fabric-opt-{key}.budget-lock")

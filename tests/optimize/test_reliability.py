@@ -303,11 +303,18 @@ def test_four_workers_share_a_journal_study(tmp_path):
 def test_four_workers_share_a_postgresql_study(tmp_path):
     from servers import start_postgres
 
-    server = start_postgres(tmp_path / "pg")
+    import shutil
+    import tempfile
+
+    pg_root = Path(tempfile.mkdtemp(prefix="fabric-pg-"))  # pytest's tmp folders are private to root;
+    pg_root.chmod(0o755)  # the server runs as the postgres user when the tests run as root
+    server = start_postgres(pg_root / "pg")
     if isinstance(server, str):
+        shutil.rmtree(pg_root, ignore_errors=True)
         pytest.skip(server)
     try:
         done = _run_workers(tmp_path, server.url)
         _check_shared_budget(done, _study(server.url, "many"))
     finally:
         server.stop()
+        shutil.rmtree(pg_root, ignore_errors=True)
