@@ -338,9 +338,13 @@ def plot_history(study: "optuna.Study", path: Path, *, names: Sequence[str] = ()
         if recommended is not None and recommended in xs:
             ax.scatter([recommended], [ys[xs.index(recommended)]], marker="*", s=160, color="gold", edgecolors="black", label="recommended", zorder=4)
         name = names[j] if j < len(names) else f"objective {j}"
-        ax.set_ylabel(f"{name} ({'higher' if maximize else 'lower'} is better)", fontsize=8)
+        ax.set_ylabel(f"trial value: {name}\n({'higher' if maximize else 'lower'} is better)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("trial")
     axes[0].set_title(f"Optimisation history: {study.study_name}", fontsize=10)
     return _save(fig, path)
@@ -392,6 +396,8 @@ def plot_comparison(comparisons: Sequence["Comparison"], path: Path) -> Path:
         ax.errorbar([c.mean_difference], [i], xerr=[[c.mean_difference - c.ci_low], [c.ci_high - c.mean_difference]], fmt="o", color="tab:green" if c.better else "tab:gray", capsize=4)
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(range(len(comparisons)), [f"vs {c.reference}" for c in comparisons])
+    ax.set_ylim(-0.6, len(comparisons) - 0.4)
+    ax.set_title("Recommended parameters against the defaults", fontsize=10)
     level = comparisons[0].confidence if comparisons else 0.95
     ax.set_xlabel(f"recommended - reference on held-out prompts ({level:.0%} bootstrap CI)")
     ax.grid(axis="x", alpha=0.3)

@@ -557,8 +557,10 @@ def run_study(
 
     # 5. Recommendation, presets, plots
     progress.finishing()
-    recommendation, presets, plots = finish_study(study, config, tracker, run_dir) if export else (None, (), ())
-    tracker.end_study("FINISHED")
+    try:
+        recommendation, presets, plots = finish_study(study, config, tracker, run_dir) if export else (None, (), ())
+    finally:
+        tracker.end_study("FINISHED")  # the trials are done, whatever happens to the presets and plots
     progress.end()
     return StudyOutcome(
         study=study,

@@ -80,7 +80,7 @@ def study(
     storage: Optional[str] = STORAGE,
     name: Optional[str] = typer.Option(None, "--name", help="Study name in the storage and MLflow (default: the study's name). The same name resumes."),
     tracking_uri: str = TRACKING_URI,
-    objective_weights: list[str] = typer.Option([], "--objective-weights", "-w", help="NAME=PATH (repeatable): reward-model weights (a file, folder, hub id, or 'tiny')."),
+    objective_weights: list[str] = typer.Option([], "--objective-weights", "-w", metavar="NAME=PATH", help="NAME=PATH (repeatable): reward-model weights (a file, folder, hub id, or 'tiny')."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Train prompts: a built-in list, .txt, .csv (prompt[,image] columns) or .json file."),
     validation_prompts: Optional[str] = typer.Option(None, "--validation-prompts", help="Held-out prompts for the report's comparison (same forms as --prompts)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the study seed (images, simulated user, sampler)."),
