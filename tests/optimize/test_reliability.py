@@ -318,3 +318,44 @@ def test_four_workers_share_a_postgresql_study(tmp_path):
     finally:
         server.stop()
         shutil.rmtree(pg_root, ignore_errors=True)
+
+
+# ---- the tracking server goes away mid-study ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tracking_server_stopped_mid_study_warns_once_and_the_study_goes_on(standins, red, tmp_path, monkeypatch):
+    import warnings
+
+    # MLflow's HTTP client retries with exponential backoff (minutes) by default; a study should
+    # not wait that long for its tracking server (see docs/RELIABILITY.md)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+
+    from servers import start_mlflow
+
+    from optimize.study import StudyProgress
+    from optimize.tracking import MlflowTracker, TrackingWarning
+
+    server = start_mlflow(tmp_path)
+    if isinstance(server, str):
+        pytest.skip(server)
+
+    class StopServerAfterFirstTrial(StudyProgress):
+        def trial_end(self, trial):
+            if trial.number == 0:
+                server.stop()
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = run_study(
+                _config(), storage=tmp_path / "s.journal", tracker=MlflowTracker(server.url, health_timeout=2.0), runs_dir=tmp_path,
+                components=Components(standins.ColourGenerator(), red), progress=StopServerAfterFirstTrial(), export=False,
+            )
+    finally:
+        server.stop()
+    assert len([w for w in caught if issubclass(w.category, TrackingWarning)]) == 1
+    assert _states(out.study) == ["COMPLETE", "COMPLETE", "COMPLETE"]  # every trial is in the Optuna storage
+    assert out.tracking_failure is not None and out.tracking_uri is None
+    assert out.study.trials[0].user_attrs.get("mlflow_run_id")  # trial 0 was tracked before the server went away
