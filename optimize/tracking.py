@@ -313,6 +313,11 @@ class MlflowTracker(Tracker):
     @property
     def client(self) -> Any:
         if self._client is None:
+            import os
+
+            # MLflow's client retries a dead server for minutes per call; a study should warn and go on
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
             from mlflow import MlflowClient
 
             self._client = MlflowClient(tracking_uri=self.uri)
