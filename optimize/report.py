@@ -63,6 +63,7 @@ class StudyReport:
         recommendation: the noise-aware recommendation (``None`` without a complete trial).
         importances: parameter -> importance (sums to 1), or ``None`` when not computable.
         config: a summary of the study's settings.
+        failures: ``(trial number, one-line reason)`` of every failed trial.
     """
 
     study_name: str
@@ -73,6 +74,7 @@ class StudyReport:
     recommendation: "Recommendation | None"
     importances: Mapping[str, float] | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    failures: tuple[tuple[int, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable data (written as ``report.json``)."""
@@ -85,6 +87,7 @@ class StudyReport:
             "best": [dict(b) for b in self.best],
             "importances": dict(self.importances) if self.importances is not None else None,
             "config": dict(self.config),
+            "failures": [{"trial": n, "reason": r} for n, r in self.failures],
             "recommendation": None,
         }
         if rec is not None:
@@ -155,6 +158,10 @@ class StudyReport:
         if self.importances:
             lines += ["## Parameter importances (fANOVA)", "", "| parameter | importance |", "|---|---|"]
             lines += [f"| {k} | {v:.3f} |" for k, v in self.importances.items()]
+            lines.append("")
+        if self.failures:
+            lines += ["## Failed trials", "", "| trial | reason |", "|---|---|"]
+            lines += [f"| {n} | {reason.replace('|', '/')} |" for n, reason in self.failures]
             lines.append("")
         return "\n".join(lines)
 
@@ -281,6 +288,10 @@ def build_report(
         recommendation=recommendation,
         importances=param_importances(study, objective=objective, seed=config.seed),
         config=summary,
+        failures=tuple(
+            (t.number, str(t.user_attrs.get("error") or t.system_attrs.get("fail_reason") or "no reason recorded"))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        ),
     )
 
 

@@ -303,6 +303,8 @@ def _print_report(result: Any, files: list[Path]) -> None:
     console = _console()
     states = ", ".join(f"{n} {s.lower()}" for s, n in result.states.items() if n)
     console.print(f"[bold]Study {result.study_name}[/bold]: {states}")
+    for number, reason in result.failures:
+        console.print(f"  trial {number} failed: {reason}", markup=False)
     rec = result.recommendation
     if rec is None:
         console.print("no complete trial yet: nothing to recommend")
