@@ -36,7 +36,7 @@ from fabric.images import ImageLike, image_key, load_images
 from fabric.params import FabricParams
 from fabric.schedule import layer_weights, step_weights
 
-__all__ = ["FabricGenerator", "AttentionBasedGenerator", "ReferenceStateCache", "drop_words"]
+__all__ = ["FabricGenerator", "AttentionBasedGenerator", "ReferenceStateCache", "PlainCallCache", "drop_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,53 @@ class ReferenceStateCache:
         return len(self._entries)
 
 
+class PlainCallCache:
+    """LRU store of the outputs of calls without feedback (``max_entries`` calls; 0 disables).
+
+    A study's first round has no liked or disliked images, so it is the same for every trial
+    whose prompts (after dropout), seeds and guidance match, and the same as the no-feedback
+    baseline's first round. Outputs are returned as copies; the weights are assumed fixed
+    (:meth:`FabricGenerator.clear_caches` after changing them).
+    """
+
+    def __init__(self, max_entries: int = 0) -> None:
+        self.max_entries = int(max_entries)
+        self._entries: OrderedDict[tuple, list[Image.Image] | torch.Tensor] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> list[Image.Image] | torch.Tensor | None:
+        if self.max_entries == 0:
+            return None
+        value = self._entries.get(key)
+        if value is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value: list[Image.Image] | torch.Tensor) -> None:
+        if self.max_entries == 0:
+            return
+        self._entries[key] = _copy_images(value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _copy_images(images: list[Image.Image] | torch.Tensor) -> list[Image.Image] | torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images.clone()
+    return [image.copy() for image in images]
+
+
 @dataclass(frozen=True)
 class _Reference:
     key: str  # content hash of the image
@@ -145,6 +192,9 @@ class FabricGenerator:
         bias_mode: ``"mask"`` or ``"fold"``, how the log-weight bias reaches fused attention.
         negative_prefix: text put before every negative prompt (e.g. ``"Weird image. "``, which
             the HPS LoRA requires; :meth:`from_pretrained` sets it from the loaded LoRAs).
+        plain_cache_size: how many calls without feedback to keep (see :class:`PlainCallCache`);
+            0 (the default) disables it. Studies turn it on, so the first round of a trial is
+            not generated again when an earlier trial or the baseline already made it.
 
     Example:
         >>> gen = FabricGenerator.from_pretrained("tiny")
@@ -153,7 +203,13 @@ class FabricGenerator:
     """
 
     def __init__(
-        self, pipeline, *, cache_bytes: int = 1 << 30, bias_mode: BiasMode = "mask", negative_prefix: str = ""
+        self,
+        pipeline,
+        *,
+        cache_bytes: int = 1 << 30,
+        bias_mode: BiasMode = "mask",
+        negative_prefix: str = "",
+        plain_cache_size: int = 0,
     ) -> None:
         from fabric.schedulers import check_scheduler
 
@@ -165,6 +221,9 @@ class FabricGenerator:
         self.state_cache = ReferenceStateCache(cache_bytes)
         self._latent_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._latent_cache_size = 64
+        if isinstance(plain_cache_size, bool) or not isinstance(plain_cache_size, int) or plain_cache_size < 0:
+            raise InvalidParameterError(f"plain_cache_size must be a non-negative integer, got {plain_cache_size!r}")
+        self.plain_cache = PlainCallCache(plain_cache_size)
         self.last_seeds: list[int] = []
 
     # ---- construction ----------------------------------------------------------------------
@@ -216,9 +275,15 @@ class FabricGenerator:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "FabricGenerator":
         for module in self._modules():
             module.to(device=device, dtype=dtype)
+        self.clear_caches()
+        return self
+
+    def clear_caches(self) -> None:
+        """Forget cached reference latents, reference tokens and plain-call outputs; needed after
+        changing the pipeline's weights or scheduler in place."""
         self._latent_cache.clear()
         self.state_cache.clear()
-        return self
+        self.plain_cache.clear()
 
     def _modules(self) -> list[torch.nn.Module]:
         return [m for m in self.pipeline.components.values() if isinstance(m, torch.nn.Module)]
@@ -322,9 +387,27 @@ class FabricGenerator:
 
         # 5. Denoise: plain pipeline when there is nothing to feed back
         has_feedback = (liked_images or disliked_images) and (params.max_weight > 0)
+        if not has_feedback and progress is None and self.plain_cache.max_entries:
+            key = self._plain_key(call, prompts, negatives, seed)
+            cached = self.plain_cache.get(key)
+            if cached is None:
+                cached = self._denoise(call, [], [], params, n_images, prompts, negatives, seed)
+                self.plain_cache.put(key, cached)
+            return _copy_images(cached)
         pos = self._references(liked_images, height, width) if has_feedback else []
         neg = self._references(disliked_images, height, width) if has_feedback else []
         return self._denoise(call, pos, neg, params, n_images, prompts, negatives, seed)
+
+    def _plain_key(self, call: dict, prompts: list[str], negatives: list[str], seed) -> tuple:
+        """Everything a call without feedback depends on, given fixed weights: the prompts after
+        dropout (so trials whose dropout dropped nothing share it), seeds, steps, guidance,
+        size, output type and the scheduler's class and config."""
+        scheduler = self.pipeline.scheduler
+        return (
+            tuple(prompts), tuple(negatives), seed if isinstance(seed, int) else tuple(seed),
+            call["num_inference_steps"], call["guidance_scale"], call["height"], call["width"], call["output_type"],
+            type(scheduler).__name__, repr(sorted(dict(scheduler.config).items())),
+        )
 
     def _denoise(self, call: dict, pos, neg, params: FabricParams, n: int, prompts, negatives, seed):
         """Run the pipeline; on out-of-memory with per-image seeds, retry in two halves.

@@ -294,7 +294,11 @@ def load_components(config: "StudyConfig", device: "str | torch.device" = "cpu",
     if generator is None:
         from fabric.generator import FabricGenerator
 
-        generator = FabricGenerator.from_pretrained(config.model, device=device, dtype=dtype or torch.float32, scheduler=config.scheduler)
+        # one first round per prompt: trials whose dropout dropped nothing reuse the baseline's
+        n_prompts = len(config.protocol.prompts) + len(config.protocol.validation_prompts)
+        generator = FabricGenerator.from_pretrained(
+            config.model, device=device, dtype=dtype or torch.float32, scheduler=config.scheduler, plain_cache_size=max(4, n_prompts)
+        )
     table = config.weights_table
     options = {k: dict(v) for k, v in config.objective_options.items()}
     objective = parse_objective(config.objective, table, device=device, options=options)
