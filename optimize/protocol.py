@@ -417,6 +417,23 @@ class TrialEvaluator:
                     raise optuna.TrialPruned(f"pruned after {p + 1} of {len(prompts)} prompts (running mean {running:.4g})")
         return self._result(params, split, replicate, results, baseline)
 
+    def run_prompt(
+        self,
+        params: FabricParams,
+        prompt_index: int,
+        *,
+        split: Split = "validation",
+        replicate: int = 0,
+        feedback: bool = True,
+        on_round: RoundCallback | None = None,
+    ) -> tuple[tuple[float, ...], ...]:
+        """All rounds of one prompt, on the seeds :meth:`evaluate` uses; ``feedback=False`` is
+        the baseline's (no liked or disliked images). Returns ``[round][objective]`` mean scores."""
+        prompts, _ = self.protocol.split(split)
+        if not 0 <= prompt_index < len(prompts):
+            raise ConfigError(f"prompt index {prompt_index} is out of range: the {split} split has {len(prompts)} prompts")
+        return self._run_prompt(params, split, replicate, prompt_index, feedback=feedback, on_round=on_round)[0]
+
     def baseline(self, split: Split = "train", replicate: int = 0) -> tuple[tuple[tuple[float, ...], ...], ...]:
         """The no-feedback baseline, ``[prompt][round][objective]`` mean scores (cached)."""
         key = self.baseline_fingerprint(split, replicate)
@@ -490,11 +507,11 @@ class TrialEvaluator:
                 name: self._score(obj, images, prompt, where=(split, p, r)) for name, obj in zip(self.objective_names, scored)
             }
             round_scores.append(tuple(_mean(s) for s in scores.values()))
+            if on_round is not None:
+                on_round(p, r, images, scores)
             if feedback:
                 for name, obj in self.metrics.items():
                     metrics[name].append(_mean(self._score(obj, images, prompt, where=(split, p, r))))
-                if on_round is not None:
-                    on_round(p, r, images, scores)
                 if r + 1 < proto.rounds:
                     same = feedback_obj is scored[0]
                     fb = scores[self.objective_names[0]] if same else self._score(feedback_obj, images, prompt, where=(split, p, r))

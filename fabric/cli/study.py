@@ -261,6 +261,7 @@ def report(
     extra_seeds: int = typer.Option(0, "--extra-seeds", help="Re-evaluate the top candidates on this many fresh seed sets before recommending."),
     top_k: int = typer.Option(3, "--top-k", help="Candidates to re-evaluate with --extra-seeds."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <runs-dir>/<name>/report)."),
+    showcase: int = typer.Option(1, "--showcase", help="Held-out prompts in showcase.png (first and final rounds, no feedback vs the defaults vs tuned); 0 for none."),
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
 ) -> None:
@@ -270,8 +271,8 @@ def report(
     from optimize.study import StorageSpec, check_objectives, load_components, make_evaluator, open_study
     from optimize.tracking import make_tracker
 
-    if extra_seeds < 0 or top_k < 1:
-        raise ConfigError("--extra-seeds must be >= 0 and --top-k >= 1")
+    if extra_seeds < 0 or top_k < 1 or showcase < 0:
+        raise ConfigError("--extra-seeds and --showcase must be >= 0 and --top-k >= 1")
     spec = StorageSpec.parse(storage, runs_dir)
     tracker = make_tracker(tracking_uri)
     dev, dt = options.resolve_device_dtype(device, dtype)
@@ -289,7 +290,17 @@ def report(
         else:
             progress.evaluating("fitting the recommendation")
         result = build_report(opt_study, config, evaluator=evaluator, references=config.compare_with if compare else (), extra_seeds=extra_seeds, top_k=top_k)
-        files = write_report(result, opt_study, out or Path(runs_dir) / name / "report")
+        out_dir = out or Path(runs_dir) / name / "report"
+        files = write_report(result, opt_study, out_dir)
+        n_showcase = min(showcase, len(config.protocol.validation_prompts))
+        if evaluator is not None and result.recommendation is not None and compare and n_showcase:
+            from optimize.showcase import feedback_showcase, showcase_candidates
+
+            progress.evaluating("showcase: generating")
+            rows = showcase_candidates(result.recommendation, config.space, config.compare_with)
+            image = feedback_showcase(evaluator, rows, prompts=range(n_showcase))
+            image.save(out_dir / "showcase.png")
+            files.append(out_dir / "showcase.png")
     if tracker.attach(opt_study):
         tracker.log_artifacts(files, "report")
     _print_report(result, files)

@@ -104,7 +104,7 @@ def test_report_compares_with_the_defaults_on_held_out_prompts(ran, common, caps
     for c in comparisons.values():
         assert c["ci_low"] <= c["mean_difference"] <= c["ci_high"] and len(c["per_prompt"]) == 1
     assert report["trials"]["COMPLETE"] >= 2 and report["recommendation"]["params"]["steps"] == 3
-    for plot in ("history.png", "comparison.png"):
+    for plot in ("history.png", "comparison.png", "showcase.png"):
         assert (ran / "runs" / NAME / "report" / plot).is_file()
     assert "Held-out comparison" in out and "paper" in out and "a1111" in out
     assert "caution: the comparison uses 1 held-out prompt(s)" in out  # one prompt is not evidence
