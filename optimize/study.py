@@ -559,6 +559,10 @@ def run_study(
         if status != "FINISHED":
             tracker.end_study(status)
 
+    cache = getattr(components.generator, "plain_cache", None)
+    if cache is not None and cache.hits + cache.misses:
+        logger.info("calls without feedback (first rounds, baseline): %d reused, %d generated", cache.hits, cache.misses)
+
     # 5. Recommendation, presets, plots
     progress.finishing()
     try:
