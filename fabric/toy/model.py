@@ -61,7 +61,9 @@ def vae_config() -> dict[str, Any]:
         "block_out_channels": [16, 32, 64],
         "layers_per_block": 1,
         "latent_channels": 4,
-        "norm_num_groups": 16,
+        # 4 channels per group at the top level: one channel per group normalises away a flat
+        # background's colour before conv_out can use it
+        "norm_num_groups": 4,
         "sample_size": 64,
         "scaling_factor": 1.0,  # replaced by 1 / std of the trained latents
     }
@@ -80,7 +82,7 @@ def unet_config() -> dict[str, Any]:
         "cross_attention_dim": 64,
         # diffusers' legacy name: this is the number of heads (16 or 32 channels per head)
         "attention_head_dim": 2,
-        "norm_num_groups": 16,
+        "norm_num_groups": 8,
     }
 
 

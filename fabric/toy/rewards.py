@@ -44,6 +44,7 @@ __all__ = [
     "VOCAB",
     "AttributeClassifier",
     "ToyClip",
+    "classifier_accuracy",
     "images_to_tensor",
     "scene_targets",
     "tokenize_words",
@@ -321,7 +322,9 @@ def _save(model: nn.Module, config: dict, stem: str, out: Path) -> None:
     (out / f"{stem}_config.json").write_text(json.dumps(config) + "\n")
 
 
-def _classifier_accuracy(model: AttributeClassifier, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+def classifier_accuracy(model: AttributeClassifier, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per head: exact-match accuracy of the predicted set (multi-label) or class, on ``x``
+    (``n x 3 x 64 x 64`` in ``[-1, 1]``) against :func:`scene_targets`."""
     with torch.no_grad():
         logits = model(x)
     out = {}
@@ -384,7 +387,7 @@ def train_rewards(cfg: "TrainConfig", out: Path, n_train: int = 8000, n_test: in
         model.eval()
         stats: dict = {"seconds": time.perf_counter() - t0}
         if stem == "classifier":
-            stats["test_accuracy"] = _classifier_accuracy(model, x_test, test_targets)
+            stats["test_accuracy"] = classifier_accuracy(model, x_test, test_targets)
             _save(model, {"width": 32}, stem, out)
         else:
             with torch.no_grad():

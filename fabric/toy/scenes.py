@@ -32,6 +32,7 @@ __all__ = [
     "Shape",
     "Scene",
     "caption",
+    "partial_caption",
     "render",
     "sample_scene",
     "sample_scenes",
@@ -150,6 +151,23 @@ def caption(scene: Scene) -> str:
     """The scene in words: ``"a small red star and a large blue circle on a black background"``."""
     things = " and ".join(f"a {s.describe()}" for s in scene.shapes)
     return f"{things} on a {scene.background} background"
+
+
+def partial_caption(scene: Scene, rng: random.Random, keep: float = 0.5) -> str:
+    """A caption that leaves some attributes unsaid: ``"a red shape"``, ``"a star on a blue background"``.
+
+    Each of a shape's size, colour and kind, and the background, is kept with probability
+    ``keep`` (an unnamed kind is "shape"). Training on such captions lets the toy model draw
+    under-specified prompts with varied attributes, which is where feedback has room to steer.
+    The full caption is :func:`caption`.
+    """
+
+    def shape_words(s: Shape) -> str:
+        words = [w for w in (s.size, s.colour) if rng.random() < keep]
+        return " ".join(["a", *words, s.kind if rng.random() < keep else "shape"])
+
+    things = " and ".join(shape_words(s) for s in scene.shapes)
+    return f"{things} on a {scene.background} background" if rng.random() < keep else things
 
 
 def _polygon(shape: Shape, side: float) -> list[tuple[float, float]]:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from fabric.errors import InvalidParameterError
 
-__all__ = ["TrainConfig", "render_dataset", "train_vae", "train_unet", "train_sd", "main"]
+__all__ = ["TrainConfig", "render_dataset", "caption_variants", "train_vae", "train_unet", "train_sd", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,14 +47,15 @@ class TrainConfig:
 
     seed: int = 0
     n_images: int = 8000  # rendered once; training captions only (held-out ones excluded)
-    vae_steps: int = 400
+    vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6  # just enough to keep the latents bounded
-    unet_steps: int = 1500
+    unet_steps: int = 3500
     unet_batch: int = 32
     unet_lr: float = 6e-4
     caption_dropout: float = 0.1  # fraction of empty captions, for classifier-free guidance
+    partial_captions: float = 0.5  # fraction of captions that leave attributes unsaid
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.998
     reward_steps: int = 600
@@ -65,7 +66,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name in ("caption_dropout", "kl_weight"):
+            if f.name in ("caption_dropout", "kl_weight", "partial_captions"):
                 ok = 0.0 <= value < 1.0
             elif f.name == "ema_decay":
                 ok = 0.0 <= value < 1.0
@@ -113,9 +114,25 @@ def _lr_lambda(total: int, warmup: int):
     return f
 
 
+def _reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, shape_weight: float = 5.0) -> torch.Tensor:
+    """L1 + MSE with the shapes' pixels weighted ``shape_weight`` times the background's.
+
+    Shapes cover a few percent of a scene; unweighted, their colour is the last thing the VAE
+    learns. The corner pixel is always background (shapes keep clear of the border).
+    """
+    err = (recon - x).abs() + (recon - x).square()
+    shape = ((x - x[:, :, :1, :1]).abs().sum(dim=1, keepdim=True) > 0.05).float()
+    weight = 1.0 + (shape_weight - 1.0) * shape
+    return (err * weight).sum() / (weight.sum() * x.shape[1])
+
+
 def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> dict:
     """Fit ``vae`` to reconstruct ``images`` (uint8, ``N x 3 x 64 x 64``); sets its ``scaling_factor``."""
     vae.train()
+    with torch.no_grad():
+        # start from a nearly deterministic posterior (std 0.02): at log-variance 0 the latents
+        # drown in unit noise and the decoder first learns the mean image, colourless blobs
+        vae.quant_conv.bias[vae.config.latent_channels :] = -8.0
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.vae_steps, max(1, cfg.vae_steps // 20)))
     losses, t0 = [], time.perf_counter()
@@ -126,7 +143,7 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, generator: torch.Gene
         # posterior.sample() draws from the global RNG: draw the noise from ours instead
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         recon = vae.decode(z).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        loss = _reconstruction_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -152,11 +169,23 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, generator: torch.Gene
     }
 
 
-def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[str], cfg: TrainConfig,
+def caption_variants(scenes: Sequence, seed: int, n_partial: int = 2) -> list[tuple[str, ...]]:
+    """Per scene: its full caption, then ``n_partial`` partial ones (seeded)."""
+    import random
+
+    from fabric.toy.scenes import caption, partial_caption
+
+    rng = random.Random(seed)
+    return [(caption(s), *(partial_caption(s, rng) for _ in range(n_partial))) for s in scenes]
+
+
+def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[Sequence[str]], cfg: TrainConfig,
                generator: torch.Generator) -> dict:
     """Train ``unet`` and ``text_encoder`` on ``latents`` (already scaled, ``N x 4 x 16 x 16``).
 
-    The saved weights are the exponential moving averages, copied into the modules at the end.
+    ``captions[i]`` holds image ``i``'s full caption first, then partial ones; a sample uses a
+    partial caption with probability ``cfg.partial_captions``. The saved weights are the
+    exponential moving averages, copied into the modules at the end.
     """
     from diffusers import DDPMScheduler
 
@@ -169,7 +198,11 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[str
         return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
                          truncation=True, return_tensors="pt").input_ids
 
-    ids, empty = tokenize(captions), tokenize([""])
+    n_variants = len(captions[0])
+    if any(len(c) != n_variants for c in captions):
+        raise InvalidParameterError("every image needs the same number of caption variants")
+    ids = tokenize([c for variants in captions for c in variants]).view(len(captions), n_variants, -1)
+    empty = tokenize([""])
     sched_cfg = {k: v for k, v in scheduler_config().items() if k not in ("set_alpha_to_one", "steps_offset")}
     noise_scheduler = DDPMScheduler(**sched_cfg)
     abar = noise_scheduler.alphas_cumprod
@@ -186,7 +219,10 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[str
     for step in range(cfg.unet_steps):
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=generator)
         drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
-        batch_ids = torch.where(drop[:, None], empty, ids[idx])
+        partial = torch.rand(cfg.unet_batch, generator=generator) < cfg.partial_captions
+        variant = torch.randint(1, max(2, n_variants), (cfg.unet_batch,), generator=generator).clamp(max=n_variants - 1)
+        batch_ids = ids[idx, torch.where(partial, variant, torch.zeros_like(variant))]
+        batch_ids = torch.where(drop[:, None], empty, batch_ids)
         z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator)
@@ -217,17 +253,35 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[str
             "mse_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)]}
 
 
+def reconstruction_accuracy(vae, seed: int, n: int = 500) -> dict[str, float] | None:
+    """The attribute classifier's accuracy on VAE round trips of ``n`` held-out scenes
+    (``None`` when no trained classifier is packaged): what the VAE lets the U-Net express."""
+    from fabric.toy.model import DEFAULT_WEIGHTS_DIR
+    from fabric.toy.rewards import classifier_accuracy, load_attribute_classifier, scene_targets
+
+    if not (DEFAULT_WEIGHTS_DIR / "classifier.safetensors").is_file():
+        return None
+    images, _, scenes = render_dataset(n, seed=seed, split="heldout")
+    with torch.no_grad():
+        x = to_model_range(images)
+        recon = torch.cat([vae.decode(vae.encode(x[i : i + 100]).latent_dist.mean).sample for i in range(0, n, 100)])
+    return {k: round(v, 3) for k, v in classifier_accuracy(load_attribute_classifier(), recon.clamp(-1, 1), scene_targets(scenes)).items()}
+
+
 def train_sd(cfg: TrainConfig, out: Path) -> dict:
     """Train the toy Stable Diffusion and write its weights to ``out``; returns a summary."""
     from fabric.toy.model import build_toy_components, save_toy_weights
 
     generator = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    images, captions, _ = render_dataset(cfg.n_images, seed=cfg.seed, split="train")
+    images, _, scenes = render_dataset(cfg.n_images, seed=cfg.seed, split="train")
+    captions = caption_variants(scenes, seed=cfg.seed)
     logger.info("rendered %d training scenes in %.1f s", len(images), time.perf_counter() - t0)
     modules = build_toy_components(seed=cfg.seed)
     vae_stats = train_vae(modules["vae"], images, cfg, generator)
     latents = vae_stats.pop("latents") * vae_stats["scaling_factor"]
+    vae_stats["reconstruction_accuracy"] = reconstruction_accuracy(modules["vae"], seed=cfg.seed + 1)
+    logger.info("attribute accuracy of VAE reconstructions: %s", vae_stats["reconstruction_accuracy"])
     unet_stats = train_unet(modules["unet"], modules["text_encoder"], latents, captions, cfg, generator)
     save_toy_weights(modules, out)
     return {"vae": vae_stats, "unet": unet_stats, "seconds": time.perf_counter() - t0}

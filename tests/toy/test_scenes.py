@@ -95,3 +95,16 @@ def test_importing_the_package_does_not_import_torch():
     code = "import sys, fabric.toy; fabric.toy.sample_scenes(2, 0); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_partial_captions_only_leave_words_out():
+    import random
+
+    from fabric.toy.scenes import partial_caption
+
+    rng = random.Random(0)
+    for scene in sample_scenes(50, seed=2):
+        full, part = caption(scene).split(), partial_caption(scene, rng).split()
+        assert set(part) <= set(full) | {"shape"}
+        assert part.count("a") == scene.count + ("background" in part)
+    assert partial_caption(sample_scenes(1, seed=0)[0], random.Random(0), keep=1.0) == caption(sample_scenes(1, seed=0)[0])

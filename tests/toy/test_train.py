@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fabric.errors import InvalidParameterError
-from fabric.toy.train import TrainConfig, render_dataset, train_unet, train_vae
+from fabric.toy.train import TrainConfig, caption_variants, render_dataset, train_unet, train_vae
 
 
 def _tiny_modules(seed: int):
@@ -28,14 +28,14 @@ def _tiny_modules(seed: int):
 
 def _run(seed: int = 0):
     cfg = TrainConfig.quick(vae_steps=2, unet_steps=2, vae_batch=2, unet_batch=2)
-    images, captions, _ = render_dataset(4, seed=0)
+    images, _, scenes = render_dataset(4, seed=0)
     images = images[:, :, :16, :16].contiguous()  # 16x16 crops keep the tiny models fast
     vae, unet, text = _tiny_modules(seed)
     before = unet.conv_in.weight.clone()
     g = torch.Generator().manual_seed(cfg.seed)
     stats = train_vae(vae, images, cfg, g)
     latents = stats.pop("latents") * stats["scaling_factor"]
-    train_unet(unet, text, latents, captions, cfg, g)
+    train_unet(unet, text, latents, caption_variants(scenes, seed=0), cfg, g)
     return vae, unet, before
 
 
@@ -51,3 +51,14 @@ def test_training_is_reproducible_and_updates_weights():
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(InvalidParameterError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_caption_variants_start_with_the_full_caption_and_are_seeded():
+    from fabric.toy.scenes import caption, sample_scenes
+
+    scenes = sample_scenes(20, seed=3)
+    variants = caption_variants(scenes, seed=1)
+    assert variants == caption_variants(scenes, seed=1)
+    assert [v[0] for v in variants] == [caption(s) for s in scenes]
+    partial = [p for v in variants for p in v[1:]]
+    assert len(partial) == 40 and any(len(p) < len(v[0]) for v, p in zip(variants, partial[::2]))
