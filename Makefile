@@ -19,14 +19,17 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The offline demo study (studies/tiny.yaml): tiny model, tiny reward models, 8 trials, about a
-# minute on 2 CPU cores. Everything goes under runs/ (Optuna journal, MLflow database, presets,
-# plots); running it again resumes the finished study and prints the summary.
+# The offline demo (studies/toy-demo.yaml): the toy model trained in-project, steered by a
+# simulated user who likes warm colours; 10 trials, then the report: the held-out comparison with
+# the paper's and the A1111 defaults and showcase.png (first vs final rounds, no feedback vs the
+# defaults vs tuned). Everything goes under runs/ (Optuna journal, MLflow database with the
+# showcase as an artifact, presets, plots); running it again resumes the finished study.
+DEMO_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=2
+DEMO_RUNS := --runs-dir runs --storage runs/optuna.journal --tracking-uri sqlite:///runs/mlflow.db
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/fabric-opt study --study tiny \
-		--runs-dir runs --storage runs/optuna.journal --tracking-uri sqlite:///runs/mlflow.db
-	@echo "recommended preset (fabric-opt generate --preset runs/tiny/presets/tiny.json):"
-	@cat runs/tiny/presets/tiny.json
+	$(DEMO_ENV) $(BIN)/fabric-opt study --study toy-demo $(DEMO_RUNS)
+	$(DEMO_ENV) $(BIN)/fabric-opt report toy-demo $(DEMO_RUNS)
+	@echo "showcase: runs/toy-demo/report/showcase.png; preset: runs/toy-demo/presets/toy-demo.json"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.generator
