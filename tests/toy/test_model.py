@@ -62,3 +62,15 @@ def test_components_are_seeded_without_touching_global_rng():
     wa, wb = a["unet"].conv_in.weight, b["unet"].conv_in.weight
     assert torch.equal(wa, wb)
     assert not torch.equal(wa, build_toy_components(seed=6)["unet"].conv_in.weight)
+
+
+@pytest.mark.parametrize("colour", ["red", "blue"])
+def test_packaged_model_draws_the_colour_it_is_asked_for(colour):
+    from fabric.generator import FabricGenerator
+    from fabric.params import FabricParams
+    from fabric.toy.rewards import HEADS, load_attribute_classifier
+
+    gen = FabricGenerator(build_toy_pipeline())
+    images = gen.generate(f"a {colour} shape", params=FabricParams(steps=10), n_images=8, seed=list(range(8)))
+    probs = load_attribute_classifier().probabilities(images)["colour"][:, HEADS["colour"][0].index(colour)]
+    assert (probs > 0.5).sum() >= 6  # chance: 1 in 8 colours
