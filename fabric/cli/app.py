@@ -4,6 +4,7 @@ one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -56,7 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:  # pragma: no cover - typer on top of click
         from click import ClickException
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("FABRIC_OPT_LOG_LEVEL", "WARNING").upper()
+    if not isinstance(logging.getLevelName(level), int):
+        print(f"error: FABRIC_OPT_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = typer.main.get_command(app).main(args=argv, prog_name="fabric-opt", standalone_mode=False)
     except FabricOptError as exc:

@@ -73,3 +73,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
     lines = [line for line in err.strip().splitlines() if line]
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
     assert not out.exists()
+
+
+def test_log_level_comes_from_the_environment(monkeypatch, capsys):
+    import logging
+
+    monkeypatch.setenv("FABRIC_OPT_LOG_LEVEL", "loud")
+    code, out, err = run(["--help"], capsys)
+    assert code == 2 and err.strip().count("\n") == 0 and "FABRIC_OPT_LOG_LEVEL" in err
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # basicConfig only acts on a root without handlers
+    monkeypatch.setattr(root, "level", root.level)
+    monkeypatch.setenv("FABRIC_OPT_LOG_LEVEL", "info")
+    code, _, _ = run(["--help"], capsys)
+    assert code == 0 and root.level == logging.INFO
