@@ -25,7 +25,7 @@ def pairs(tmp_path):
 
 
 def test_builtin_studies():
-    assert available_studies() == ["hps", "pickscore", "pickscore-diversity", "target", "tiny"]
+    assert available_studies() == ["hps", "pickscore", "pickscore-diversity", "target", "tiny", "toy", "toy-demo", "toy-noisy"]
     pick = load_study_config("pickscore")
     # the paper's preference-model setting
     assert pick.model == "dreamlike-art/dreamlike-photoreal-2.0" and pick.objective == "pickscore"
@@ -40,6 +40,21 @@ def test_builtin_studies():
     tiny = load_study_config("tiny")
     assert tiny.model == "tiny" and tiny.objective_weights["pickscore"] == "tiny" and tiny.steps == 4
     assert (tiny.protocol.rounds, tiny.protocol.n_images) == (2, 2)
+
+
+def test_toy_studies_steer_colour_free_prompts_towards_a_taste():
+    from fabric.toy.scenes import COLOURS
+
+    toy, noisy, demo = (load_study_config(n) for n in ("toy", "toy-noisy", "toy-demo"))
+    assert toy.model == "toy" and toy.objective == "toy-taste" and toy.objective_options == {"toy-taste": {"taste": "warm"}}
+    prompts = toy.protocol.prompts + toy.protocol.validation_prompts
+    assert not set(toy.protocol.prompts) & set(toy.protocol.validation_prompts)
+    shapes = [p.split(" on a ")[0].split() for p in prompts]  # backgrounds may be named
+    assert not any(c in words for words in shapes for c in COLOURS)  # the shapes' colour is left to feedback
+    assert (toy.protocol.temperature, noisy.protocol.temperature) == (0.0, 0.1)
+    assert noisy.protocol.prompts == toy.protocol.prompts and noisy.trials == toy.trials
+    assert demo.protocol.prompts == toy.protocol.prompts[:2] and len(demo.protocol.validation_prompts) == 4
+    assert (demo.protocol.rounds, demo.steps, demo.trials) == (2, 10, 10)
 
 
 def test_target_study_needs_prompt_image_pairs(pairs):

@@ -12,7 +12,7 @@ from studies import PromptSet, builtin_prompt_lists, load_prompts
 
 
 def test_builtin_lists():
-    assert {"curated", "curated-heldout", "tiny", "tiny-heldout"} <= set(builtin_prompt_lists())
+    assert {"curated", "curated-heldout", "tiny", "tiny-heldout", "toy", "toy-heldout"} <= set(builtin_prompt_lists())
     curated, heldout = load_prompts("curated"), load_prompts("curated-heldout")
     assert len(curated) == 16 and len(heldout) == 8
     assert not set(curated.prompts) & set(heldout.prompts)
