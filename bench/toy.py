@@ -162,6 +162,76 @@ def feedback_steering(gen, cfg: BenchConfig, max_weight: float | None = None, ou
     return results
 
 
+def named_attributes(prompt: str) -> dict[str, str]:
+    """The attributes a toy prompt names for its (first) shape and background: head -> class."""
+    from fabric.toy.scenes import BACKGROUNDS, SHAPES, SIZES
+
+    shape_part, _, rest = prompt.partition(" on a ")
+    words = shape_part.split()
+    named = {}
+    for word in words:
+        if word in SIZES:
+            named["size"] = word
+        elif word in SHAPES:
+            named["shape"] = word
+    background = rest.removesuffix(" background").strip()
+    if background in BACKGROUNDS:
+        named["background"] = background
+    return named
+
+
+def tuning_cost(study: str, presets: dict[str, Path]) -> dict:
+    """Part (c), the other side: what each parameter set does to prompt adherence.
+
+    The study's held-out prompts and seeds are replayed with the study's simulated user for the
+    paper's and the A1111 defaults, no feedback, and each preset; the final round is scored by
+    the user's taste and by the attribute classifier against what the prompt names (size, kind,
+    background; the toy prompts never name colour). A taste-only objective can trade adherence
+    for taste (prompt dropout, strong weights); this shows whether it did.
+    """
+    import torch
+
+    from fabric.preset import load_params
+    from fabric.toy.rewards import HEADS, load_attribute_classifier
+    from optimize.samplers import DEFAULT_PRESETS
+    from optimize.study import load_components, make_evaluator
+    from studies import load_study_config
+
+    config = load_study_config(study)
+    evaluator = make_evaluator(config, load_components(config))
+    space = config.space
+    rows = {"no feedback": (space.base, False)}
+    rows.update({name: (space.to_params(space.from_params(DEFAULT_PRESETS[name], clip=True)), True) for name in ("paper", "a1111")})
+    rows.update({name: (space.to_params(space.from_params(load_params(path), clip=True)), True) for name, path in presets.items()})
+    classifier = load_attribute_classifier()
+    prompts = config.protocol.validation_prompts
+    last = config.protocol.rounds - 1
+    results: dict = {"study": study, "prompts": len(prompts)}
+    for name, (params, feedback) in rows.items():
+        taste, hits, counts = [], {}, {}
+        for p, prompt in enumerate(prompts):
+            final: list = []
+            scores_final: list = []
+
+            def keep(_p, r, images, scores):
+                if r == last:
+                    final.extend(images)
+                    scores_final.extend(next(iter(scores.values())))
+
+            evaluator.run_prompt(params, p, split="validation", feedback=feedback, on_round=keep)
+            taste.append(sum(scores_final) / len(scores_final))
+            probs = classifier.probabilities(final)
+            for head, cls in named_attributes(prompt).items():
+                index = HEADS[head][0].index(cls)
+                hits[head] = hits.get(head, 0.0) + float((probs[head].argmax(-1) == index).float().sum())
+                counts[head] = counts.get(head, 0) + len(final)
+        adherence = {h: round(hits[h] / counts[h], 3) for h in sorted(hits)}
+        results[name] = {"final-round taste": round(float(torch.tensor(taste).mean()), 3), "adherence": adherence,
+                         "params": params.to_dict()}
+        logger.info("(c) %-12s taste %.3f adherence %s", name, results[name]["final-round taste"], adherence)
+    return results
+
+
 def _save_grid(images: Sequence, path: Path) -> None:
     from PIL import Image
 
@@ -175,7 +245,10 @@ def _save_grid(images: Sequence, path: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.toy", description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("a", "b", "all"), default="all")
+    parser.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
+    parser.add_argument("--study", default="toy", help="(c): the study whose held-out prompts and user are replayed")
+    parser.add_argument("--preset", action="append", default=[], metavar="NAME=PATH",
+                        help="(c): a tuned preset to replay, e.g. tuned=runs/toy/presets/toy.json (repeatable)")
     parser.add_argument("--weights", type=Path, default=None, help="toy checkpoint folder (default: packaged)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--grids", type=Path, default=None, help="save (b)'s image rows here")
@@ -207,6 +280,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["b"] = feedback_steering(gen, cfg, out_dir=args.grids)
         if args.paper_weight:
             results["b, max_weight 0.3"] = feedback_steering(gen, cfg, max_weight=0.3)
+    if args.part == "c":
+        presets = dict(item.split("=", 1) for item in args.preset)
+        results["c"] = tuning_cost(args.study, {k: Path(v) for k, v in presets.items()})
     results["seconds"] = time.perf_counter() - t0
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from PIL import Image
 
 from fabric.errors import ConfigError
 from optimize.protocol import DEFAULT_NEGATIVE_PROMPT
+from fabric.params import FabricParams
 from studies import StudyConfig, available_studies, load_study_config, read_study_data, resolve_study
 
 PAPER_NEGATIVE = "lowres, bad anatomy, bad hands, cropped, worst quality"
@@ -25,7 +26,7 @@ def pairs(tmp_path):
 
 
 def test_builtin_studies():
-    assert available_studies() == ["hps", "pickscore", "pickscore-diversity", "target", "tiny", "toy", "toy-demo", "toy-noisy"]
+    assert available_studies() == ["hps", "pickscore", "pickscore-diversity", "target", "tiny", "toy", "toy-demo", "toy-no-dropout", "toy-noisy"]
     pick = load_study_config("pickscore")
     # the paper's preference-model setting
     assert pick.model == "dreamlike-art/dreamlike-photoreal-2.0" and pick.objective == "pickscore"
@@ -55,6 +56,11 @@ def test_toy_studies_steer_colour_free_prompts_towards_a_taste():
     assert noisy.protocol.prompts == toy.protocol.prompts and noisy.trials == toy.trials
     assert demo.protocol.prompts == toy.protocol.prompts[:2] and len(demo.protocol.validation_prompts) == 4
     assert (demo.protocol.rounds, demo.steps, demo.trials) == (2, 10, 10)
+    no_dropout = load_study_config("toy-no-dropout")
+    space = no_dropout.space
+    assert "prompt_dropout" not in space.names and space.fixed == {"prompt_dropout": 0.0}
+    # the comparison's references are mapped into the space: they lose their dropout too
+    assert space.to_params(space.from_params(FabricParams(prompt_dropout=0.3), clip=True)).prompt_dropout == 0.0
 
 
 def test_target_study_needs_prompt_image_pairs(pairs):
