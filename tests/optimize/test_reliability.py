@@ -207,7 +207,9 @@ def _env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_kill_9_mid_trial_then_resume_loses_nothing(tmp_path):
-    (tmp_path / "study.yaml").write_text(STUDY_YAML)
+    # two rounds: the first (no feedback) can come from the plain-call cache in no time, the
+    # second (with feedback) is always generated, so the kill lands inside the second trial
+    (tmp_path / "study.yaml").write_text(STUDY_YAML.replace("rounds: 1, n_images: 1", "rounds: 2, n_images: 2"))
     journal = tmp_path / "runs" / "optuna.journal"
     argv = _cli(tmp_path, "study", "--study", str(tmp_path / "study.yaml"))
     proc = subprocess.Popen(argv, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
