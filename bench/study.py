@@ -1,11 +1,17 @@
-"""Study-level reuse: how much a study saves by generating each call without feedback once.
+"""Study-level speed: calls without feedback generated once, and prompts batched per call.
+
+What a study saves by generating each call without feedback once, and by generating several
+prompts per pipeline call.
 
 ``python -m bench.study`` runs one study twice on the same generator weights, in one process,
 interleaved: once with :class:`fabric.generator.PlainCallCache` off and once on (as
-:func:`optimize.study.load_components` sets it). Everything else is identical (a journal in a
-temp folder, tracking off, the same seed). It reports wall-clock and CPU
-time, U-Net calls, the cache's hits, and checks that both runs produced the same trial values:
-the cache may only remove work, never change a result.
+:func:`optimize.study.load_components` sets it). With ``--prompt-batch N`` the two arms are
+instead ``protocol.prompt_batch`` 1 and N, both with the cache on. Everything else is identical
+(a journal in a temp folder, tracking off, the same seed). It reports wall-clock and CPU time,
+U-Net calls, the cache's hits, and compares the trial values: the cache may only remove work,
+never change a result (identical values). Batching changes images by float rounding; a
+reference whose pixels moved by one level draws other reference noise (it is keyed by the
+image's content), so later rounds, and trial values, differ like another noise draw would.
 
 A trial's first round has no liked or disliked images; it is the same as the baseline's first
 round whenever the trial's prompt dropout dropped no word (always at dropout 0; often for short
@@ -15,6 +21,7 @@ Usage::
 
     python -m bench.study                      # the toy-demo study (toy model, CPU, ~2 min)
     python -m bench.study --study toy --trials 12
+    python -m bench.study --prompt-batch 2     # prompts one by one vs two per call
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ __all__ = ["run_once", "main"]
 logger = logging.getLogger(__name__)
 
 
-def run_once(study: str, trials: int, cache: bool, seed: int = 0) -> dict:
+def run_once(study: str, trials: int, cache: bool, prompt_batch: int = 1, seed: int = 0, sampler: str | None = None) -> dict:
     """Run ``study`` with ``trials`` trials into a fresh temp folder; time it and count U-Net calls."""
     import torch
 
@@ -40,7 +47,10 @@ def run_once(study: str, trials: int, cache: bool, seed: int = 0) -> dict:
     from optimize.study import load_components, run_study
     from studies import load_study_config
 
-    config = load_study_config(study, overrides={"trials": trials, "seed": seed})
+    overrides = {"trials": trials, "seed": seed, "protocol": {"prompt_batch": prompt_batch}}
+    if sampler is not None:
+        overrides["sampler"] = {"name": sampler}
+    config = load_study_config(study, overrides=overrides)
     components = load_components(config)
     generator: FabricGenerator = components.generator
     if not cache:
@@ -52,17 +62,19 @@ def run_once(study: str, trials: int, cache: bool, seed: int = 0) -> dict:
             wall, cpu = time.perf_counter(), time.process_time()
             outcome = run_study(config, runs_dir=Path(tmp), components=components, export=False)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            values = [t.value for t in sorted(outcome.study.trials, key=lambda t: t.number)]
+            trials_run = sorted(outcome.study.trials, key=lambda t: t.number)
     finally:
         handle.remove()
     return {
         "cache": cache,
+        "prompt batch": prompt_batch,
         "seconds": round(wall, 2),
         "cpu seconds": round(cpu, 2),
         "unet calls": len(calls),
         "hits": generator.plain_cache.hits,
         "misses": generator.plain_cache.misses,
-        "values": values,
+        "values": [t.value for t in trials_run],
+        "params": [t.params for t in trials_run],
         "threads": torch.get_num_threads(),
     }
 
@@ -71,33 +83,51 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.study", description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="toy-demo")
     parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=1, help="off/on pairs, interleaved")
+    parser.add_argument("--repeats", type=int, default=1, help="pairs of runs, interleaved")
+    parser.add_argument("--prompt-batch", type=int, default=1, help="N > 1: compare prompt_batch 1 with N (cache on) instead of the cache")
+    parser.add_argument("--sampler", default=None, help="override the study's sampler (e.g. random: the same trials in both arms)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    runs = []
+    if args.prompt_batch > 1:
+        arms = {"batch 1": dict(cache=True, prompt_batch=1), f"batch {args.prompt_batch}": dict(cache=True, prompt_batch=args.prompt_batch)}
+    else:
+        arms = {"cache off": dict(cache=False), "cache on": dict(cache=True)}
+    runs: dict[str, list[dict]] = {label: [] for label in arms}
     for _ in range(args.repeats):
-        for cache in (False, True):
-            runs.append(run_once(args.study, args.trials, cache))
-            logger.info("cache %s: %s", "on " if cache else "off", {k: v for k, v in runs[-1].items() if k != "values"})
-    off = [r for r in runs if not r["cache"]]
-    on = [r for r in runs if r["cache"]]
-    same = all(r["values"] == off[0]["values"] for r in runs)
+        for label, arm in arms.items():
+            runs[label].append(run_once(args.study, args.trials, sampler=args.sampler, **arm))
+            logger.info("%s: %s", label, {k: v for k, v in runs[label][-1].items() if k not in ("values", "params")})
+    (a, first), (b, second) = runs.items()
+    # compare trials with equal parameters (a model-based sampler may diverge after a tiny difference)
+    reference = first[0]
+    pairs = [
+        (x, y)
+        for r in (*first, *second)
+        for x, y, px, py in zip(r["values"], reference["values"], r["params"], reference["params"])
+        if px == py
+    ]
+    diff = max(abs(x - y) for x, y in pairs)
+    signed = [x - y for r in second for x, y, px, py in zip(r["values"], reference["values"], r["params"], reference["params"]) if px == py]
     summary = {
         "study": args.study,
         "trials": args.trials,
-        "unet calls, on / off": round(on[0]["unet calls"] / off[0]["unet calls"], 3),
-        "cpu time, on / off": round(sum(r["cpu seconds"] for r in on) / sum(r["cpu seconds"] for r in off), 3),
-        "wall time, on / off": round(sum(r["seconds"] for r in on) / sum(r["seconds"] for r in off), 3),
-        "same trial values": same,
+        "arms": f"{b} / {a}",
+        "unet calls": round(second[0]["unet calls"] / first[0]["unet calls"], 3),
+        "cpu time": round(sum(r["cpu seconds"] for r in second) / sum(r["cpu seconds"] for r in first), 3),
+        "wall time": round(sum(r["seconds"] for r in second) / sum(r["seconds"] for r in first), 3),
+        "trials compared (equal parameters)": len(pairs),
+        "same trial values": diff == 0,
+        "max trial value difference": diff,
+        "mean trial value difference (second arm - first)": sum(signed) / len(signed) if signed else None,
         "runs": runs,
     }
     logger.info("%s", {k: v for k, v in summary.items() if k != "runs"})
-    if not same:
-        logger.error("the cache changed trial values: %s vs %s", off[0]["values"], on[0]["values"])
+    if diff and args.prompt_batch == 1:
+        logger.error("the cache changed trial values by up to %g", diff)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=1) + "\n")

@@ -10,16 +10,17 @@ from typing import TYPE_CHECKING, Any
 from fabric.errors import FabricOptError
 from fabric.params import FabricParams
 
-__all__ = ["FabricParams", "FabricGenerator", "FabricOptError", "IterativeFeedbackGenerator"]
+__all__ = ["FabricParams", "FabricGenerator", "FabricOptError", "GenerationRequest", "IterativeFeedbackGenerator"]
 __version__ = "0.1.0"
 
 _LAZY = {
     "FabricGenerator": "fabric.generator",
+    "GenerationRequest": "fabric.generator",
     "IterativeFeedbackGenerator": "fabric.iterative",
 }
 
 if TYPE_CHECKING:
-    from fabric.generator import FabricGenerator
+    from fabric.generator import FabricGenerator, GenerationRequest
     from fabric.iterative import IterativeFeedbackGenerator
 
 

@@ -140,7 +140,10 @@ class FabricState:
         mode: ``"off"`` (plain attention), ``"record"`` (store each layer's input, then plain
             attention) or ``"inject"`` (attend over the references in ``layers``).
         recorded: layer name -> ``(R, M, C)`` inputs seen during a ``"record"`` pass.
-        layers: layer name -> the references to inject during an ``"inject"`` pass.
+        layers: layer name -> the references to inject during an ``"inject"`` pass, one entry
+            per group (``None``: that group gets plain attention).
+        groups: images per group, in batch order: several prompts, each with its own feedback,
+            share one U-Net call. Empty means one group, the whole batch.
         guidance: whether the main batch is ``[uncond; cond]`` (classifier-free guidance); the
             unconditional half attends to disliked references, the conditional half to liked ones.
         bias_mode: how the log-weight bias reaches SDPA (see :func:`weighted_attention`).
@@ -148,7 +151,8 @@ class FabricState:
 
     mode: Literal["off", "record", "inject"] = "off"
     recorded: dict[str, torch.Tensor] = field(default_factory=dict)
-    layers: dict[str, LayerReferences] = field(default_factory=dict)
+    layers: dict[str, tuple[LayerReferences | None, ...]] = field(default_factory=dict)
+    groups: tuple[int, ...] = ()
     guidance: bool = True
     bias_mode: BiasMode = "mask"
 
@@ -166,14 +170,44 @@ class FabricAttnProcessor:
         state = self.state
         if state.mode == "record":
             state.recorded[self.name] = hidden_states
-        refs = state.layers.get(self.name) if state.mode == "inject" else None
-        if refs is None or (refs.pos is None and refs.neg is None) or encoder_hidden_states is not None:
+        groups = state.layers.get(self.name) if state.mode == "inject" else None
+        if not groups or encoder_hidden_states is not None or all(r is None or (r.pos is None and r.neg is None) for r in groups):
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         if hidden_states.ndim != 3 or attn.group_norm is not None or attn.spatial_norm is not None:
             raise NotImplementedError(f"FABRIC supports transformer self-attention layers only ({self.name})")
-        return self._extended_attention(attn, hidden_states, attention_mask, refs)
+        return self._extended_attention(attn, hidden_states, attention_mask, groups)
 
-    def _extended_attention(self, attn, x: torch.Tensor, attention_mask, refs: LayerReferences) -> torch.Tensor:
+    def _segments(self, batch: int, groups: tuple[LayerReferences | None, ...]) -> list[tuple[slice, torch.Tensor | None, float]]:
+        """``(rows, reference tokens, weight)`` per run of batch rows that share references.
+
+        With guidance the batch is ``[uncond (B); cond (B)]`` and group ``g`` owns the same rows in
+        both halves: its unconditional rows attend to its disliked references, its conditional
+        rows to its liked ones. Adjacent rows without references merge into one plain segment.
+        """
+        half = batch // 2 if self.state.guidance else batch
+        sizes = self.state.groups or (half,)
+        if len(sizes) != len(groups) or sum(sizes) != half:
+            raise RuntimeError(f"FABRIC state of {self.name}: groups {sizes} do not cover a batch of {batch}")
+        segments: list[tuple[slice, torch.Tensor | None, float]] = []
+        offsets = [0, half] if self.state.guidance else [0]
+        for k, offset in enumerate(offsets):
+            for size, refs in zip(sizes, groups):
+                if refs is None:
+                    tokens, weight = None, 0.0
+                elif self.state.guidance and k == 0:
+                    tokens, weight = refs.neg, refs.neg_weight
+                else:
+                    tokens, weight = refs.pos, refs.pos_weight
+                rows = slice(offset, offset + size)
+                last = segments[-1] if segments else None
+                if tokens is None and last is not None and last[1] is None and last[0].stop == rows.start:
+                    segments[-1] = (slice(last[0].start, rows.stop), None, 0.0)
+                else:
+                    segments.append((rows, tokens, weight))
+                offset += size
+        return segments
+
+    def _extended_attention(self, attn, x: torch.Tensor, attention_mask, groups: tuple[LayerReferences | None, ...]) -> torch.Tensor:
         # x: (batch, N, C); with guidance the batch is [uncond (B); cond (B)]
         if attention_mask is not None:
             raise NotImplementedError("FABRIC does not support self-attention masks")
@@ -185,17 +219,11 @@ class FabricAttnProcessor:
         d = inner // heads
         batch, n_tokens, _ = x.shape
 
-        if self.state.guidance:
-            halves = [(slice(0, batch // 2), refs.neg, refs.neg_weight), (slice(batch // 2, batch), refs.pos, refs.pos_weight)]
-        else:
-            halves = [(slice(0, batch), refs.pos, refs.pos_weight)]
-
         def heads_first(t: torch.Tensor) -> torch.Tensor:  # (b, L, inner) -> (b, h, L, d)
-            t = t.view(t.shape[0], -1, heads, d).transpose(1, 2)
-            return t
+            return t.view(t.shape[0], -1, heads, d).transpose(1, 2)
 
-        outputs = []
-        for rows, ref_tokens, weight in halves:
+        h = q.new_empty(batch, n_tokens, inner)
+        for rows, ref_tokens, weight in self._segments(batch, groups):
             qh, kh, vh = heads_first(q[rows]), heads_first(k[rows]), heads_first(v[rows])
             if attn.norm_q is not None:
                 qh = attn.norm_q(qh)
@@ -205,7 +233,7 @@ class FabricAttnProcessor:
                 out = F.scaled_dot_product_attention(qh, kh, vh)
             else:
                 b = qh.shape[0]
-                ref = ref_tokens.to(x.dtype).unsqueeze(0)  # (1, R*M, C): shared by every image
+                ref = ref_tokens.to(x.dtype).unsqueeze(0)  # (1, R*M, C): shared by the segment's images
                 kr = heads_first(attn.to_k(ref))  # (1, h, R*M, d)
                 vr = heads_first(attn.to_v(ref))
                 if attn.norm_k is not None:
@@ -215,9 +243,8 @@ class FabricAttnProcessor:
                 bias = torch.zeros(k_all.shape[2], device=x.device, dtype=x.dtype)
                 bias[n_tokens:] = log_weight_bias(weight, x.dtype)
                 out = weighted_attention(qh, k_all, v_all, bias, mode=self.state.bias_mode)
-            outputs.append(out.transpose(1, 2).reshape(out.shape[0], -1, inner))
+            h[rows] = out.transpose(1, 2).reshape(out.shape[0], -1, inner)
 
-        h = torch.cat(outputs, dim=0).to(q.dtype)
         h = attn.to_out[0](h)
         h = attn.to_out[1](h)
         if attn.residual_connection:

@@ -25,6 +25,7 @@ import logging
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
+from os import PathLike
 from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
@@ -36,7 +37,7 @@ from fabric.images import ImageLike, image_key, load_images
 from fabric.params import FabricParams
 from fabric.schedule import layer_weights, step_weights
 
-__all__ = ["FabricGenerator", "AttentionBasedGenerator", "ReferenceStateCache", "PlainCallCache", "drop_words"]
+__all__ = ["FabricGenerator", "GenerationRequest", "AttentionBasedGenerator", "ReferenceStateCache", "PlainCallCache", "drop_words"]
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +180,57 @@ def _copy_images(images: list[Image.Image] | torch.Tensor) -> list[Image.Image] 
 class _Reference:
     key: str  # content hash of the image
     latent: torch.Tensor  # (4, h, w) clean latent, scaled by the VAE's scaling factor
+
+
+# (images in the group, liked references, disliked references): one prompt's rows of a batch
+_Group = tuple[int, list[_Reference], list[_Reference]]
+
+
+def _split_groups(groups: list[_Group], at: int) -> tuple[list[_Group], list[_Group]]:
+    """The groups of batch rows ``[0, at)`` and ``[at, n)``; a group across ``at`` is cut in two."""
+    first: list[_Group] = []
+    second: list[_Group] = []
+    start = 0
+    for n, pos, neg in groups:
+        if start + n <= at:
+            first.append((n, pos, neg))
+        elif start >= at:
+            second.append((n, pos, neg))
+        else:
+            first.append((at - start, pos, neg))
+            second.append((start + n - at, pos, neg))
+        start += n
+    return first, second
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt's images in :meth:`FabricGenerator.generate_many`. Validated on construction.
+
+    Attributes:
+        prompt: the prompt.
+        seeds: one seed per image (the number of images).
+        negative_prompt: the negative prompt.
+        liked: images (PIL or paths) to pull towards.
+        disliked: images to push away from.
+    """
+
+    prompt: str
+    seeds: tuple[int, ...]
+    negative_prompt: str = ""
+    liked: tuple[ImageLike, ...] = ()
+    disliked: tuple[ImageLike, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prompt, str) or not isinstance(self.negative_prompt, str):
+            raise InvalidParameterError("a request's prompt and negative prompt must be strings")
+        for name in ("seeds", "liked", "disliked"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes, int, PathLike, Image.Image)):
+                value = (value,)
+            object.__setattr__(self, name, tuple(value))
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in self.seeds):
+            raise InvalidParameterError(f"a request needs one integer seed per image, got {self.seeds!r}")
 
 
 class FabricGenerator:
@@ -330,32 +382,19 @@ class FabricGenerator:
             ``n_images`` PIL images (or latents for ``output_type="latent"``).
         """
         # 1. Check inputs
-        params = FabricParams() if params is None else params
-        if not isinstance(params, FabricParams):
-            raise InvalidParameterError(f"params must be FabricParams, got {type(params).__name__}")
+        params = self._check_params(params)
         if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
             raise InvalidParameterError(f"n_images must be a positive integer, got {n_images!r}")
         prompts = self._per_image("prompt", prompt, n_images)
-        negatives = self._per_image("negative_prompt", negative_prompt, n_images)
-        if self.negative_prefix:
-            negatives = [n if n.startswith(self.negative_prefix) else self.negative_prefix + n for n in negatives]
+        negatives = self._with_prefix(self._per_image("negative_prompt", negative_prompt, n_images))
         seeds = self._seeds(seed, n_images)
-        default_h, default_w = self.default_size
-        height, width = height or default_h, width or default_w
-        factor = self.pipeline.vae_scale_factor
-        if height % factor or width % factor:
-            raise InvalidParameterError(f"height and width must be multiples of {factor}, got {height}x{width}")
+        height, width = self._size(height, width)
 
         # 2. Feedback images: the most recent max_references of each polarity
-        liked_images = load_images(liked)
-        disliked_images = load_images(disliked)
-        if params.max_references is not None:
-            liked_images = liked_images[-params.max_references :]
-            disliked_images = disliked_images[-params.max_references :]
+        liked_images, disliked_images = self._feedback_images(liked, disliked, params)
 
         # 3. Prompt dropout, seeded per image
-        if params.prompt_dropout > 0:
-            prompts = [drop_words(p, params.prompt_dropout, _stable_seed("dropout", s, i)) for i, (p, s) in enumerate(zip(prompts, seeds))]
+        prompts = self._dropout(prompts, seeds, params)
 
         # 4. Seeds -> generators (CPU generators: the same images on every device)
         if isinstance(seed, int):
@@ -364,14 +403,7 @@ class FabricGenerator:
             generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         self.last_seeds = seeds
 
-        call = dict(
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance_scale,
-            generator=generator,
-            height=height,
-            width=width,
-            output_type=output_type,
-        )
+        call = self._call(params, generator, height, width, output_type)
         if len(set(prompts)) == 1 and len(set(negatives)) == 1:
             call.update(prompt=prompts[0], negative_prompt=negatives[0], num_images_per_prompt=n_images)
         else:
@@ -386,17 +418,140 @@ class FabricGenerator:
             call["callback_on_step_end"] = on_step_end
 
         # 5. Denoise: plain pipeline when there is nothing to feed back
-        has_feedback = (liked_images or disliked_images) and (params.max_weight > 0)
+        has_feedback = self._has_feedback(liked_images, disliked_images, params)
         if not has_feedback and progress is None and self.plain_cache.max_entries:
             key = self._plain_key(call, prompts, negatives, seed)
             cached = self.plain_cache.get(key)
             if cached is None:
-                cached = self._denoise(call, [], [], params, n_images, prompts, negatives, seed)
+                cached = self._denoise(call, [(n_images, [], [])], params, prompts, negatives, seed)
                 self.plain_cache.put(key, cached)
             return _copy_images(cached)
         pos = self._references(liked_images, height, width) if has_feedback else []
         neg = self._references(disliked_images, height, width) if has_feedback else []
-        return self._denoise(call, pos, neg, params, n_images, prompts, negatives, seed)
+        return self._denoise(call, [(n_images, pos, neg)], params, prompts, negatives, seed)
+
+    @torch.no_grad()
+    def generate_many(
+        self,
+        requests: Sequence["GenerationRequest"],
+        params: FabricParams | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        *,
+        output_type: str = "pil",
+    ) -> list[list[Image.Image] | torch.Tensor]:
+        """Several prompts, each with its own liked/disliked images, in one pipeline call.
+
+        Each request's images are those of ``generate(r.prompt, r.negative_prompt, r.liked,
+        r.disliked, params, len(r.seeds), list(r.seeds), height, width)``, up to the float
+        rounding of larger batches: the prompts share every U-Net call, and each prompt's rows
+        attend only to its own references (one reference pass per step for all of them).
+        Requests without feedback are served from the plain-call cache when it has them.
+        On out-of-memory the batch is split in two and retried.
+
+        Args:
+            requests: what to generate, one :class:`GenerationRequest` per prompt.
+            params: the FABRIC parameters shared by every request (default: the paper's).
+            height, width: image size, multiples of 8; the model's default when omitted.
+            output_type: ``"pil"`` or ``"latent"``.
+
+        Returns:
+            per request, its images (or a ``(n, 4, h/8, w/8)`` latent tensor).
+        """
+        params = self._check_params(params)
+        requests = list(requests)
+        if not requests or not all(isinstance(r, GenerationRequest) for r in requests):
+            raise InvalidParameterError("requests must be a non-empty sequence of GenerationRequest")
+        height, width = self._size(height, width)
+        call = self._call(params, None, height, width, output_type)
+
+        outputs: list[list[Image.Image] | torch.Tensor | None] = [None] * len(requests)
+        todo: list[tuple[int, tuple | None, list[str], list[str], list[int], list, list]] = []
+        for i, r in enumerate(requests):
+            seeds = list(r.seeds)
+            prompts = self._dropout([r.prompt] * len(seeds), seeds, params)
+            negatives = self._with_prefix([r.negative_prompt] * len(seeds))
+            liked, disliked = self._feedback_images(r.liked, r.disliked, params)
+            key = None
+            if not self._has_feedback(liked, disliked, params):
+                liked, disliked = [], []
+                if self.plain_cache.max_entries:
+                    key = self._plain_key(call, prompts, negatives, seeds)
+                    cached = self.plain_cache.get(key)
+                    if cached is not None:
+                        outputs[i] = _copy_images(cached)
+                        continue
+            todo.append((i, key, prompts, negatives, seeds, liked, disliked))
+
+        if todo:
+            prompts = [p for _, _, ps, _, _, _, _ in todo for p in ps]
+            negatives = [n for _, _, _, ns, _, _, _ in todo for n in ns]
+            seeds = [s for _, _, _, _, ss, _, _ in todo for s in ss]
+            groups = [
+                (len(ss), self._references(liked, height, width), self._references(disliked, height, width))
+                for _, _, _, _, ss, liked, disliked in todo
+            ]
+            call.update(prompt=prompts, negative_prompt=negatives, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds])
+            images = self._denoise(call, groups, params, prompts, negatives, seeds)
+            start = 0
+            for (i, key, _, _, ss, _, _) in todo:
+                outputs[i] = images[start : start + len(ss)]
+                start += len(ss)
+                if key is not None:
+                    self.plain_cache.put(key, outputs[i])
+        self.last_seeds = [s for r in requests for s in r.seeds]
+        return outputs  # type: ignore[return-value]
+
+    # ---- input handling --------------------------------------------------------------------
+    @staticmethod
+    def _check_params(params: FabricParams | None) -> FabricParams:
+        params = FabricParams() if params is None else params
+        if not isinstance(params, FabricParams):
+            raise InvalidParameterError(f"params must be FabricParams, got {type(params).__name__}")
+        return params
+
+    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        default_h, default_w = self.default_size
+        height, width = height or default_h, width or default_w
+        factor = self.pipeline.vae_scale_factor
+        if height % factor or width % factor:
+            raise InvalidParameterError(f"height and width must be multiples of {factor}, got {height}x{width}")
+        return height, width
+
+    def _with_prefix(self, negatives: list[str]) -> list[str]:
+        if not self.negative_prefix:
+            return negatives
+        return [n if n.startswith(self.negative_prefix) else self.negative_prefix + n for n in negatives]
+
+    @staticmethod
+    def _dropout(prompts: list[str], seeds: list[int], params: FabricParams) -> list[str]:
+        if params.prompt_dropout <= 0:
+            return prompts
+        return [drop_words(p, params.prompt_dropout, _stable_seed("dropout", s, i)) for i, (p, s) in enumerate(zip(prompts, seeds))]
+
+    @staticmethod
+    def _feedback_images(liked, disliked, params: FabricParams) -> tuple[list[Image.Image], list[Image.Image]]:
+        liked_images = load_images(liked)
+        disliked_images = load_images(disliked)
+        if params.max_references is not None:
+            liked_images = liked_images[-params.max_references :]
+            disliked_images = disliked_images[-params.max_references :]
+        return liked_images, disliked_images
+
+    @staticmethod
+    def _has_feedback(liked: list, disliked: list, params: FabricParams) -> bool:
+        return bool(liked or disliked) and params.max_weight > 0
+
+    @staticmethod
+    def _call(params: FabricParams, generator, height: int, width: int, output_type: str) -> dict:
+        return dict(
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            generator=generator,
+            height=height,
+            width=width,
+            output_type=output_type,
+        )
 
     def _plain_key(self, call: dict, prompts: list[str], negatives: list[str], seed) -> tuple:
         """Everything a call without feedback depends on, given fixed weights: the prompts after
@@ -409,31 +564,33 @@ class FabricGenerator:
             type(scheduler).__name__, repr(sorted(dict(scheduler.config).items())),
         )
 
-    def _denoise(self, call: dict, pos, neg, params: FabricParams, n: int, prompts, negatives, seed):
+    def _denoise(self, call: dict, groups: list[_Group], params: FabricParams, prompts, negatives, seed):
         """Run the pipeline; on out-of-memory with per-image seeds, retry in two halves.
 
-        Per-image seeds make the halves produce exactly the images of the full batch; with one
-        seed for the whole batch the latents depend on the batch size, so the error is raised.
+        ``groups`` are ``(images, liked references, disliked references)`` in batch order. Per-image
+        seeds make the halves produce exactly the images of the full batch; with one seed for the
+        whole batch the latents depend on the batch size, so the error is raised.
         """
+        n = len(prompts)
         try:
-            if not pos and not neg:
+            if not any(pos or neg for _, pos, neg in groups):
                 return self._images(self.pipeline(**call))
-            with self._fabric_hooks(pos, neg, params, n, (call["height"], call["width"])):
+            with self._fabric_hooks(groups, params):
                 return self._images(self.pipeline(**call))
         except torch.OutOfMemoryError:
             if isinstance(seed, int) or n == 1:
                 raise
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-        logger.warning("out of memory with %d images per batch; retrying in batches of %d", n, (n + 1) // 2)
         half = (n + 1) // 2
+        logger.warning("out of memory with %d images per batch; retrying in batches of %d", n, half)
         outputs = []
-        for rows in (slice(0, half), slice(half, n)):
+        for rows, part in zip((slice(0, half), slice(half, n)), _split_groups(groups, half)):
             sub = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt", "num_images_per_prompt")}
             # fresh generators: the failed attempt already drew the initial latents from the old ones
             fresh = [torch.Generator("cpu").manual_seed(s) for s in list(seed)[rows]]
             sub.update(prompt=prompts[rows], negative_prompt=negatives[rows], generator=fresh)
-            outputs.append(self._denoise(sub, pos, neg, params, len(prompts[rows]), prompts[rows], negatives[rows], list(seed)[rows]))
+            outputs.append(self._denoise(sub, part, params, prompts[rows], negatives[rows], list(seed)[rows]))
         if isinstance(outputs[0], torch.Tensor):
             return torch.cat(outputs)
         return outputs[0] + outputs[1]
@@ -559,14 +716,16 @@ class FabricGenerator:
                     self.state_cache.put(keys[i], found[i])
         return found  # type: ignore[return-value]
 
-    def _fabric_hooks(self, pos: list[_Reference], neg: list[_Reference], params: FabricParams, n_images: int, size):
-        """Context manager: FABRIC processors on ``attn1`` plus the U-Net pre-hook, undone on exit."""
-        import contextlib
+    def _fabric_hooks(self, groups: list[_Group], params: FabricParams):
+        """Context manager: FABRIC processors on ``attn1`` plus the U-Net pre-hook, undone on exit.
 
+        ``groups`` are ``(images, liked, disliked)`` in batch order; each group's rows attend to its
+        own references, and one reference pass per step records the references of all groups.
+        """
         unet = self.pipeline.unet
         scheduler = self.pipeline.scheduler
         guidance = params.guidance_scale > 1 and unet.config.time_cond_proj_dim is None
-        state = FabricState(guidance=guidance, bias_mode=self.bias_mode)
+        state = FabricState(groups=tuple(n for n, _, _ in groups), guidance=guidance, bias_mode=self.bias_mode)
         previous = dict(unet.attn_processors)
         self_attn = [name for name in previous if name.endswith("attn1.processor")]
         layer_names = [name[: -len(".processor")] for name in self_attn]
@@ -584,25 +743,32 @@ class FabricGenerator:
             distinct = list(dict.fromkeys(round(float(x), 4) for x in timesteps))
             step = distinct.index(round(float(timesteps[index]), 4)) * n_steps // max(len(distinct), 1)
             w = step_weights(step, n_steps, params)
-            use_pos = pos if w.pos > 0 else []
-            use_neg = neg if (w.neg > 0 and guidance) else []
-            if not use_pos and not use_neg:
+            use = [(pos if w.pos > 0 else [], neg if (w.neg > 0 and guidance) else []) for _, pos, neg in groups]
+            needed = list({r.key: r for pos, neg in use for r in pos + neg}.values())  # each image once
+            if not needed:
                 state.mode, state.layers = "off", {}
                 return None
             time_ids = None
             if pooled is not None:
                 added = kwargs.get("added_cond_kwargs") or {}
                 time_ids = added["time_ids"][-1:]  # the conditional half's (size, crop, target) ids
-            tokens = self._record(use_pos + use_neg, t, index, state, empty, pooled, time_ids)
-            pos_tokens, neg_tokens = tokens[: len(use_pos)], tokens[len(use_pos) :]
+            recorded = dict(zip((r.key for r in needed), self._record(needed, t, index, state, empty, pooled, time_ids)))
             pos_w = layer_weights(layer_names, w.pos, params.pos_bottleneck_scale, n_down)
             neg_w = layer_weights(layer_names, w.neg, params.neg_bottleneck_scale, n_down)
-            layers = {}
-            for name in layer_names:
-                p = torch.cat([s[name] for s in pos_tokens]) if pos_tokens and pos_w[name] > 0 else None
-                q = torch.cat([s[name] for s in neg_tokens]) if neg_tokens and neg_w[name] > 0 else None
-                layers[name] = LayerReferences(p, q, pos_w[name], neg_w[name])
-            state.mode, state.layers = "inject", layers
+
+            def tokens(refs: list[_Reference], name: str, weight: float) -> torch.Tensor | None:
+                if not refs or weight <= 0:
+                    return None
+                return torch.cat([recorded[r.key][name] for r in refs])  # (R*M, C)
+
+            state.layers = {
+                name: tuple(
+                    LayerReferences(tokens(pos, name, pos_w[name]), tokens(neg, name, neg_w[name]), pos_w[name], neg_w[name])
+                    for pos, neg in use
+                )
+                for name in layer_names
+            }
+            state.mode = "inject"
             return None
 
         @contextlib.contextmanager
@@ -614,7 +780,7 @@ class FabricGenerator:
             unet.set_attn_processor(processors)
             handle = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
             try:
-                with self.state_cache.hold(r.key for r in pos + neg):
+                with self.state_cache.hold(r.key for _, pos, neg in groups for r in pos + neg):
                     yield state
             finally:
                 handle.remove()

@@ -137,6 +137,12 @@ class Protocol:
             index) and stop the trial when the study's pruner says so (single objective only).
             Median-style pruners compare these running means directly; ``WilcoxonPruner`` pairs
             them by step, which is a heuristic there (it was designed for per-instance values).
+        prompt_batch: prompts generated together, round by round, in one pipeline call each
+            (generators with ``generate_many``); 1 runs them one after another. Images equal
+            the one-by-one ones up to the float rounding of larger batches, which can re-draw a
+            reference's noise in later rounds (it is keyed by the image's content), so values
+            change like another noise draw, not systematically. The pruner hears after each
+            batch. Out-of-memory splits a batch instead of failing.
     """
 
     prompts: tuple[str, ...]
@@ -153,6 +159,7 @@ class Protocol:
     height: int | None = None
     width: int | None = None
     prune: bool = True
+    prompt_batch: int = 1
 
     def __post_init__(self) -> None:
         for name in ("prompts", "validation_prompts", "targets", "validation_targets"):
@@ -165,12 +172,14 @@ class Protocol:
         for prompt in (*self.prompts, *self.validation_prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ConfigError(f"prompts must be non-empty strings, got {prompt!r}")
-        for name in ("rounds", "n_images", "seed"):
+        for name in ("rounds", "n_images", "seed", "prompt_batch"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f"protocol {name} must be an integer, got {value!r}")
         if self.rounds < 1:
             raise ConfigError(f"protocol rounds must be >= 1, got {self.rounds}")
+        if self.prompt_batch < 1:
+            raise ConfigError(f"protocol prompt_batch must be >= 1, got {self.prompt_batch}")
         if self.n_images < (2 if self.rounds > 1 else 1):
             raise ConfigError(f"protocol n_images must be >= 2 to like one image and dislike another, got {self.n_images}")
         if self.feedback not in ("preference", "target"):
@@ -284,6 +293,25 @@ class TrialResult:
             "round_metrics": self.round_metrics(),
             "fabric_params": self.params.to_dict(),
         }
+
+
+@dataclass
+class _Session:
+    """One prompt's feedback session inside a trial: its objectives, the user's picks so far and
+    the per-round scores."""
+
+    index: int
+    prompt: str
+    feedback_objective: Any
+    scored: tuple[Any, ...]
+    metric_objectives: Mapping[str, Any]
+    liked: list[Any] = field(default_factory=list)
+    disliked: list[Any] = field(default_factory=list)
+    round_scores: list[tuple[float, ...]] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.metrics = {name: [] for name in self.metric_objectives}
 
 
 class TrialEvaluator:
@@ -401,20 +429,21 @@ class TrialEvaluator:
         callback = on_round if on_round is not None else self.on_round
         baseline = self.baseline(split, replicate) if self.protocol.value == "improvement" else None
         results: list[PromptResult] = []
-        for p, prompt in enumerate(prompts):
-            round_scores, metrics = self._run_prompt(params, split, replicate, p, feedback=True, on_round=callback)
-            value = self._prompt_value(round_scores, baseline[p] if baseline is not None else None)
-            results.append(PromptResult(p, prompt, round_scores, value, metrics))
-            if trial is not None and self.protocol.prune and not self.multi_objective:
+        for batch in self._prompt_batches(len(prompts)):
+            for p, (round_scores, metrics) in zip(batch, self._run_prompts(params, split, replicate, batch, feedback=True, on_round=callback)):
+                value = self._prompt_value(round_scores, baseline[p] if baseline is not None else None)
+                results.append(PromptResult(p, prompts[p], round_scores, value, metrics))
+                if trial is not None and self.protocol.prune and not self.multi_objective:
+                    trial.report(_mean([r.value[0] for r in results]), step=p)
+            done = len(results)
+            if trial is not None and self.protocol.prune and not self.multi_objective and done < len(prompts) and trial.should_prune():
                 running = _mean([r.value[0] for r in results])
-                trial.report(running, step=p)
-                if p + 1 < len(prompts) and trial.should_prune():
-                    partial = self._result(params, split, replicate, results, baseline)
-                    for key, val in partial.user_attrs().items():
-                        trial.set_user_attr(key, val)
-                    import optuna
+                partial = self._result(params, split, replicate, results, baseline)
+                for key, val in partial.user_attrs().items():
+                    trial.set_user_attr(key, val)
+                import optuna
 
-                    raise optuna.TrialPruned(f"pruned after {p + 1} of {len(prompts)} prompts (running mean {running:.4g})")
+                raise optuna.TrialPruned(f"pruned after {done} of {len(prompts)} prompts (running mean {running:.4g})")
         return self._result(params, split, replicate, results, baseline)
 
     def run_prompt(
@@ -432,7 +461,7 @@ class TrialEvaluator:
         prompts, _ = self.protocol.split(split)
         if not 0 <= prompt_index < len(prompts):
             raise ConfigError(f"prompt index {prompt_index} is out of range: the {split} split has {len(prompts)} prompts")
-        return self._run_prompt(params, split, replicate, prompt_index, feedback=feedback, on_round=on_round)[0]
+        return self._run_prompts(params, split, replicate, [prompt_index], feedback=feedback, on_round=on_round)[0][0]
 
     def baseline(self, split: Split = "train", replicate: int = 0) -> tuple[tuple[tuple[float, ...], ...], ...]:
         """The no-feedback baseline, ``[prompt][round][objective]`` mean scores (cached)."""
@@ -447,8 +476,9 @@ class TrialEvaluator:
             prompts, _ = self.protocol.split(split)
             logger.info("computing the no-feedback baseline on %d %s prompts", len(prompts), split)
             baseline = tuple(
-                self._run_prompt(self.space.base, split, replicate, p, feedback=False, on_round=None)[0]
-                for p in range(len(prompts))
+                scores
+                for batch in self._prompt_batches(len(prompts))
+                for scores, _ in self._run_prompts(self.space.base, split, replicate, batch, feedback=False, on_round=None)
             )
             self.baseline_runs += 1
             self._write_cache(key, baseline)
@@ -479,49 +509,69 @@ class TrialEvaluator:
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
 
     # ---- internals -----------------------------------------------------------------------
-    def _run_prompt(
-        self, params: FabricParams, split: Split, replicate: int, p: int, *, feedback: bool, on_round: RoundCallback | None
-    ) -> tuple[tuple[tuple[float, ...], ...], dict[str, tuple[float, ...]]]:
+    def _prompt_batches(self, n: int) -> list[list[int]]:
+        size = self.protocol.prompt_batch
+        return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+    def _run_prompts(
+        self, params: FabricParams, split: Split, replicate: int, batch: Sequence[int], *, feedback: bool, on_round: RoundCallback | None
+    ) -> list[tuple[tuple[tuple[float, ...], ...], dict[str, tuple[float, ...]]]]:
+        """All rounds of the prompts in ``batch``, round by round; per prompt ``(round scores, metrics)``."""
         proto = self.protocol
         prompts, _ = proto.split(split)
-        prompt = prompts[p]
-        feedback_obj, scored = self._objectives_for(split, p)
-        liked: list[Any] = []
-        disliked: list[Any] = []
-        round_scores: list[tuple[float, ...]] = []
-        metrics: dict[str, list[float]] = {name: [] for name in self.metrics}
+        sessions = [_Session(p, prompts[p], *self._objectives_for(split, p), self.metrics) for p in batch]
         for r in range(proto.rounds):
-            seeds = [image_seed(proto.seed, split, replicate, p, r, i) for i in range(proto.n_images)]
-            images = self.generator.generate(
-                prompt,
+            seeds = [[image_seed(proto.seed, split, replicate, s.index, r, i) for i in range(proto.n_images)] for s in sessions]
+            for s, images in zip(sessions, self._generate(params, sessions, seeds)):
+                p, prompt = s.index, s.prompt
+                scores = {
+                    name: self._score(obj, images, prompt, where=(split, p, r)) for name, obj in zip(self.objective_names, s.scored)
+                }
+                s.round_scores.append(tuple(_mean(v) for v in scores.values()))
+                if on_round is not None:
+                    on_round(p, r, images, scores)
+                if not feedback:
+                    continue
+                for name, obj in self.metrics.items():
+                    s.metrics[name].append(_mean(self._score(obj, images, prompt, where=(split, p, r))))
+                if r + 1 < proto.rounds:
+                    same = s.feedback_objective is s.scored[0]
+                    fb = scores[self.objective_names[0]] if same else self._score(s.feedback_objective, images, prompt, where=(split, p, r))
+                    if getattr(s.feedback_objective, "direction", "maximize") == "minimize":
+                        fb = [-v for v in fb]
+                    user_seed = image_seed(proto.seed, "user", split, replicate, p, r)
+                    like, dislike = choose_feedback(fb, proto.temperature, seed=user_seed)
+                    s.liked.append(images[like])
+                    s.disliked.append(images[dislike])
+        return [(tuple(s.round_scores), {k: tuple(v) for k, v in s.metrics.items()}) for s in sessions]
+
+    def _generate(self, params: FabricParams, sessions: list["_Session"], seeds: list[list[int]]) -> list[list]:
+        """One round's images for every session: one ``generate_many`` call when the generator has
+        it and there are several prompts, else one ``generate`` call per prompt."""
+        proto = self.protocol
+        many = getattr(self.generator, "generate_many", None)
+        if len(sessions) > 1 and many is not None:
+            from fabric.generator import GenerationRequest
+
+            requests = [
+                GenerationRequest(s.prompt, tuple(ss), proto.negative_prompt, tuple(s.liked), tuple(s.disliked))
+                for s, ss in zip(sessions, seeds)
+            ]
+            return many(requests, params=params, height=proto.height, width=proto.width)
+        return [
+            self.generator.generate(
+                s.prompt,
                 negative_prompt=proto.negative_prompt,
-                liked=list(liked),
-                disliked=list(disliked),
+                liked=list(s.liked),
+                disliked=list(s.disliked),
                 params=params,
                 n_images=proto.n_images,
-                seed=seeds,
+                seed=ss,
                 height=proto.height,
                 width=proto.width,
             )
-            scores = {
-                name: self._score(obj, images, prompt, where=(split, p, r)) for name, obj in zip(self.objective_names, scored)
-            }
-            round_scores.append(tuple(_mean(s) for s in scores.values()))
-            if on_round is not None:
-                on_round(p, r, images, scores)
-            if feedback:
-                for name, obj in self.metrics.items():
-                    metrics[name].append(_mean(self._score(obj, images, prompt, where=(split, p, r))))
-                if r + 1 < proto.rounds:
-                    same = feedback_obj is scored[0]
-                    fb = scores[self.objective_names[0]] if same else self._score(feedback_obj, images, prompt, where=(split, p, r))
-                    if getattr(feedback_obj, "direction", "maximize") == "minimize":
-                        fb = [-s for s in fb]
-                    user_seed = image_seed(proto.seed, "user", split, replicate, p, r)
-                    like, dislike = choose_feedback(fb, proto.temperature, seed=user_seed)
-                    liked.append(images[like])
-                    disliked.append(images[dislike])
-        return tuple(round_scores), {k: tuple(v) for k, v in metrics.items()}
+            for s, ss in zip(sessions, seeds)
+        ]
 
     def _prompt_value(
         self, round_scores: tuple[tuple[float, ...], ...], baseline: tuple[tuple[float, ...], ...] | None

@@ -74,9 +74,11 @@ _TOP_KEYS = {
 }  # fmt: skip
 _PROTOCOL_KEYS = {
     "feedback", "rounds", "n_images", "steps", "guidance_scale", "negative_prompt", "temperature", "value",
-    "height", "width", "prune",
+    "height", "width", "prune", "prompt_batch",
 }  # fmt: skip
 # Settings that change what a trial measures: a study may only be resumed when they are equal.
+# How many prompts share a pipeline call does not (up to float rounding): it may change on resume.
+_EXECUTION_PROTOCOL_KEYS = ("prompt_batch",)
 _VALUE_KEYS = ("model", "scheduler", "objective", "feedback_objective", "objective_weights", "objective_options", "prompts", "protocol", "search_space")
 _DEFAULT_TEMPLATE = "pickscore"
 
@@ -241,6 +243,7 @@ class StudyConfig:
                 "height": p.height,
                 "width": p.width,
                 "prune": p.prune,
+                "prompt_batch": p.prompt_batch,
             },
             "search_space": self.space.to_dict(),
             "sampler": {"name": self.sampler, "options": dict(self.sampler_options)},
@@ -321,6 +324,7 @@ class StudyConfig:
             height=protocol_data.get("height"),
             width=protocol_data.get("width"),
             prune=_boolean(protocol_data.get("prune", True), "protocol.prune"),
+            prompt_batch=protocol_data.get("prompt_batch", 1),
         )
         space = SearchSpace.from_dict(data.get("search_space") or {"extends": "default"})
         base_changes = {k: protocol_data[k] for k in ("steps", "guidance_scale") if protocol_data.get(k) is not None}
@@ -354,13 +358,19 @@ class StudyConfig:
     def fingerprint(self) -> str:
         """A hash of the settings that change what a trial measures (model, objectives,
         prompts, protocol, space); a study resumes only under an equal fingerprint."""
-        record = self.to_dict()
-        return hashlib.sha256(json.dumps({k: record[k] for k in _VALUE_KEYS}, sort_keys=True).encode()).hexdigest()[:16]
+        record = self._value_record()
+        return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
     def differences(self, other: "StudyConfig") -> list[str]:
         """Names of the trial-value settings in which ``other`` differs from this config."""
-        a, b = self.to_dict(), other.to_dict()
+        a, b = self._value_record(), other._value_record()
         return [k for k in _VALUE_KEYS if json.dumps(a[k], sort_keys=True) != json.dumps(b[k], sort_keys=True)]
+
+    def _value_record(self) -> dict[str, Any]:
+        record = self.to_dict()
+        out = {k: record[k] for k in _VALUE_KEYS}
+        out["protocol"] = {k: v for k, v in out["protocol"].items() if k not in _EXECUTION_PROTOCOL_KEYS}
+        return out
 
 
 # ---- files --------------------------------------------------------------------------------

@@ -84,6 +84,7 @@ def study(
     prompts: Optional[str] = typer.Option(None, "--prompts", help="Train prompts: a built-in list, .txt, .csv (prompt[,image] columns) or .json file."),
     validation_prompts: Optional[str] = typer.Option(None, "--validation-prompts", help="Held-out prompts for the report's comparison (same forms as --prompts)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Override the study seed (images, simulated user, sampler)."),
+    prompt_batch: Optional[int] = typer.Option(None, "--prompt-batch", help="Prompts generated together per pipeline call (protocol.prompt_batch); more is faster where memory allows."),
     scheduler: Optional[str] = options.SCHEDULER,
     runs_dir: Path = RUNS_DIR,
     device: Optional[str] = options.DEVICE,
@@ -102,6 +103,8 @@ def study(
             overrides[key] = value
     if sampler is not None:
         overrides["sampler"] = {"name": sampler}
+    if prompt_batch is not None:
+        overrides["protocol"] = {"prompt_batch": prompt_batch}
     if objective_weights:
         overrides["objective_weights"] = _weights_table(objective_weights)
     split_overrides = {k: v for k, v in (("train", prompts), ("validation", validation_prompts)) if v is not None}

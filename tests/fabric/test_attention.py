@@ -78,7 +78,7 @@ def test_processor_sends_negatives_to_the_unconditional_half_only():
     x = torch.randn(4, 6, 16, generator=g, dtype=torch.float64)  # [uncond(2); cond(2)]
     neg = torch.randn(9, 16, generator=g, dtype=torch.float64)
     state = FabricState(mode="inject", guidance=True)
-    state.layers["layer"] = LayerReferences(pos=None, neg=neg, pos_weight=0.0, neg_weight=0.7)
+    state.layers["layer"] = (LayerReferences(pos=None, neg=neg, pos_weight=0.0, neg_weight=0.7),)
     out = FabricAttnProcessor("layer", state, base)(attn, x)
     plain = base(attn, x)
     torch.testing.assert_close(out[2:], plain[2:])  # conditional half untouched
@@ -91,7 +91,7 @@ def test_processor_matches_the_explicit_formula_on_the_conditional_half():
     x = torch.randn(2, 6, 16, generator=g, dtype=torch.float64)  # no guidance: all conditional
     pos = torch.randn(12, 16, generator=g, dtype=torch.float64)
     state = FabricState(mode="inject", guidance=False)
-    state.layers["layer"] = LayerReferences(pos=pos, neg=None, pos_weight=2.0, neg_weight=0.0)
+    state.layers["layer"] = (LayerReferences(pos=pos, neg=None, pos_weight=2.0, neg_weight=0.0),)
     out = FabricAttnProcessor("layer", state, attn.processor)(attn, x)
 
     def split(t):  # (b, L, 16) -> (b, 2, L, 8)
@@ -118,7 +118,7 @@ def test_high_weight_pulls_layer_output_towards_reference_attention():
     distances = []
     for w in (0.0, 1.0, 10.0, 1000.0):
         state = FabricState(mode="inject", guidance=False)
-        state.layers["l"] = LayerReferences(pos=ref[0], neg=None, pos_weight=w, neg_weight=0.0)
+        state.layers["l"] = (LayerReferences(pos=ref[0], neg=None, pos_weight=w, neg_weight=0.0),)
         distances.append((FabricAttnProcessor("l", state, attn.processor)(attn, x) - target).norm().item())
     assert distances == sorted(distances, reverse=True) and distances[-1] < 1e-2 * distances[0]
 
@@ -130,3 +130,44 @@ def test_record_mode_stores_inputs_by_layer_name():
     FabricAttnProcessor("down_blocks.0.attentions.0.transformer_blocks.0.attn1", state, attn.processor)(attn, x)
     assert list(state.recorded) == ["down_blocks.0.attentions.0.transformer_blocks.0.attn1"]
     assert state.recorded["down_blocks.0.attentions.0.transformer_blocks.0.attn1"] is x
+
+
+def test_groups_in_one_batch_equal_each_group_alone():
+    """Three prompts with their own feedback in one call: each group's rows (in both guidance
+    halves) see only its own references, exactly as if it ran alone; a group without
+    references gets plain attention."""
+    attn = _attention_layer()
+    g = torch.Generator().manual_seed(4)
+    sizes = (2, 1, 3)
+    refs = (
+        LayerReferences(pos=torch.randn(6, 16, generator=g, dtype=torch.float64), neg=torch.randn(12, 16, generator=g, dtype=torch.float64), pos_weight=1.5, neg_weight=0.4),
+        None,
+        LayerReferences(pos=torch.randn(12, 16, generator=g, dtype=torch.float64), neg=None, pos_weight=0.8, neg_weight=0.0),
+    )
+    xs = [torch.randn(2 * n, 6, 16, generator=g, dtype=torch.float64) for n in sizes]  # [uncond(n); cond(n)] each
+    batch = torch.cat([x[: n] for x, n in zip(xs, sizes)] + [x[n:] for x, n in zip(xs, sizes)])
+
+    state = FabricState(mode="inject", guidance=True, groups=sizes)
+    state.layers["layer"] = refs
+    together = FabricAttnProcessor("layer", state, attn.processor)(attn, batch)
+
+    half = sum(sizes)
+    offset = 0
+    for x, n, r in zip(xs, sizes, refs):
+        alone_state = FabricState(mode="inject", guidance=True)
+        alone_state.layers["layer"] = (r,)
+        alone = FabricAttnProcessor("layer", alone_state, attn.processor)(attn, x)
+        torch.testing.assert_close(together[offset : offset + n], alone[:n])
+        torch.testing.assert_close(together[half + offset : half + offset + n], alone[n:])
+        offset += n
+    plain = attn.processor(attn, xs[1])
+    torch.testing.assert_close(together[2:3], plain[:1])
+
+
+def test_groups_that_do_not_cover_the_batch_are_an_error():
+    attn = _attention_layer()
+    state = FabricState(mode="inject", guidance=True, groups=(1, 2))
+    ref = LayerReferences(pos=torch.randn(6, 16, dtype=torch.float64), neg=None, pos_weight=1.0, neg_weight=0.0)
+    state.layers["layer"] = (ref, ref)
+    with pytest.raises(RuntimeError, match="do not cover"):
+        FabricAttnProcessor("layer", state, attn.processor)(attn, torch.randn(4, 6, 16, dtype=torch.float64))

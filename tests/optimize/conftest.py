@@ -67,6 +67,21 @@ class ColourGenerator:
 
 
 @dataclass
+class BatchingColourGenerator(ColourGenerator):
+    """A ``ColourGenerator`` that also takes several prompts per call (``generate_many``) and
+    records the prompts of each such call."""
+
+    batches: list[list[str]] = field(default_factory=list)
+
+    def generate_many(self, requests, params: FabricParams = FabricParams(), height=None, width=None) -> list[list[Image.Image]]:
+        self.batches.append([r.prompt for r in requests])
+        return [
+            self.generate(r.prompt, r.negative_prompt, r.liked, r.disliked, params, len(r.seeds), list(r.seeds), height, width)
+            for r in requests
+        ]
+
+
+@dataclass
 class ChannelObjective:
     """Mean of one colour channel, in [0, 100]; ``with_target`` -> closeness to a colour."""
 
@@ -132,6 +147,6 @@ def standins():
     import types
 
     return types.SimpleNamespace(
-        ColourGenerator=ColourGenerator, ChannelObjective=ChannelObjective, NaNObjective=NaNObjective,
-        MultiObjective=MultiObjective,
+        ColourGenerator=ColourGenerator, BatchingColourGenerator=BatchingColourGenerator, ChannelObjective=ChannelObjective,
+        NaNObjective=NaNObjective, MultiObjective=MultiObjective,
     )

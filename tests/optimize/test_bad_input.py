@@ -33,6 +33,7 @@ CASES = [
     (["study", "--study", "{d}/bad.yaml"], {"bad.yaml": STUDY_NEGATIVE_BOUND}, "feedback_start"),
     (["study", "--study", "{d}/bad.yaml"], {"bad.yaml": STUDY_NO_ROUNDS}, "rounds"),
     (["study", "--study", "tiny", "--trials", "-3"], {}, "trials"),
+    (["study", "--study", "tiny", "--prompt-batch", "0"], {}, "prompt_batch"),
     # prompt files
     (["study", "--study", "tiny", "--prompts", "{d}/empty.txt"], {"empty.txt": ""}, "prompt"),
     (["study", "--study", "tiny", "--prompts", "{d}/missing.txt"], {}, "missing.txt"),

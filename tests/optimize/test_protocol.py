@@ -199,6 +199,8 @@ def test_evaluate_function(generator, red):
         ({"prompts": ("a",), "value": "best"}, "value must be"),
         ({"prompts": ("a",), "temperature": -1.0}, "temperature must be finite and >= 0"),
         ({"prompts": ("a",), "feedback": "human"}, "feedback must be"),
+        ({"prompts": ("a",), "prompt_batch": 0}, "prompt_batch must be >= 1"),
+        ({"prompts": ("a",), "prompt_batch": 2.0}, "prompt_batch must be an integer"),
     ],
 )
 def test_protocol_validation(kwargs, message):
@@ -227,3 +229,55 @@ def test_end_to_end_with_the_tiny_generator(request):
     again = evaluator.evaluate(space.to_params(study.trials[0].params))
     assert again.value == pytest.approx(study.trials[0].value, abs=1e-5)  # common random numbers
     assert evaluator.baseline_runs == 1
+
+
+def test_batched_prompts_give_the_same_trial_round_by_round(standins, red, blue):
+    """prompt_batch=2 runs prompts 0 and 1 together round by round, then prompt 2: every round's
+    requests carry each prompt's own feedback, so the results equal one-by-one evaluation."""
+    one_by_one = make(standins.ColourGenerator(), red, rounds=3, temperature=5.0)
+    batching = standins.BatchingColourGenerator()
+    batched = make(batching, red, rounds=3, temperature=5.0, prompt_batch=2)
+    params = FabricParams(max_weight=0.7, steps=2)
+    seen: list[tuple[int, int]] = []
+    a = one_by_one.evaluate(params)
+    b = batched.evaluate(params, on_round=lambda p, r, images, scores: seen.append((p, r)))
+    assert a.values == b.values and [p.round_scores for p in a.prompts] == [p.round_scores for p in b.prompts]
+    assert [p.index for p in b.prompts] == [0, 1, 2]
+    # baseline (3 rounds) then the trial (3 rounds): two prompts per call, the third alone
+    assert batching.batches == [list(PROMPTS[:2])] * 6
+    assert seen == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert batched.baseline() == one_by_one.baseline()
+
+
+def test_pruner_hears_every_prompt_of_a_batch(standins, red):
+    evaluator = make(standins.BatchingColourGenerator(), red, prompt_batch=2)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    study.enqueue_trial({"max_weight": 0.0, "feedback_start": 0.0})
+    study.optimize(evaluator, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [0, 1]
+    assert trial.user_attrs["n_prompts"] == 2
+
+
+def test_batched_prompts_on_the_tiny_generator_match_one_by_one(request):
+    """The real generator: generate_many shares every U-Net call between the prompts, and the
+    trial's values equal one-by-one evaluation up to float rounding."""
+    objectives = pytest.importorskip("objectives")
+    tiny = request.getfixturevalue("tiny_generator")
+    objective = objectives.load_objective("pickscore", weights="tiny")
+    space = SearchSpace.default(base=FabricParams(steps=2))
+    params = FabricParams(steps=2, max_weight=0.8, feedback_start=0.0)
+    results, calls = {}, {}
+    for batch in (1, 2):
+        protocol = Protocol(("a red circle", "a blue square"), rounds=2, n_images=2, prompt_batch=batch, value="final")
+        counted = []
+        handle = tiny.pipeline.unet.register_forward_pre_hook(lambda m, args: counted.append(args[0].shape[0]))
+        try:
+            results[batch] = TrialEvaluator(tiny, objective, protocol, space).evaluate(params)
+        finally:
+            handle.remove()
+        calls[batch] = counted
+    for a, b in zip(results[1].prompts, results[2].prompts):
+        assert [s for r in a.round_scores for s in r] == pytest.approx([s for r in b.round_scores for s in r], abs=1e-4)
+    assert len(calls[2]) < len(calls[1]) and max(calls[2]) == 2 * max(calls[1])

@@ -126,6 +126,10 @@ def test_record_round_trip_and_fingerprint(pairs):
     assert again.fingerprint() == config.fingerprint()
     # what a trial measures changes the fingerprint; the budget and the sampler do not
     assert config.replace(trials=99, sampler="tpe").fingerprint() == config.fingerprint()
+    # nor how many prompts share a pipeline call: a study may resume with another prompt_batch
+    batched = load_study_config("target", {"prompts": {"train": str(pairs / "train.csv")}, "protocol": {"prompt_batch": 4}})
+    assert batched.protocol.prompt_batch == 4 and StudyConfig.from_dict(batched.to_dict()).protocol.prompt_batch == 4
+    assert batched.fingerprint() == config.fingerprint() and config.differences(batched) == []
     changed = load_study_config("target", {"prompts": {"train": str(pairs / "train.csv")}, "protocol": {"rounds": 2}})
     assert changed.fingerprint() != config.fingerprint() and config.differences(changed) == ["protocol"]
     # a stored record opens without its images (export on another machine)
