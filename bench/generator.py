@@ -17,7 +17,7 @@ Further parts (``--parts``):
 * ``rounds``: an iterative session (rounds with growing liked/disliked lists, the token cache
   kept) against the same rounds run cold, and against repeating the final round cold; once
   with a large token cache and once with the default budget scaled to this model.
-* ``options``: ``mask`` vs ``fold`` bias, channels-last U-Net, and (``--options ...,compile``)
+* ``options``: ``mask`` vs ``fold`` bias, the fused reference pass (``fuse``), channels-last U-Net, and (``--options ...,compile``)
   a ``torch.compile``d U-Net forward, each measured off/on, interleaved, for the plain call and
   FABRIC 2+2. Compiling the tiny U-Net took 3 min (plain) and 10 min (FABRIC's shapes) on the
   shared 2-core CPU, hence opt-in.
@@ -245,6 +245,8 @@ class BenchConfig:
         refs: reference counts per polarity (0 = FABRIC with no references).
         repeats: interleaved repeats of the plain/FABRIC pairs (medians are reported).
         bias_mode: how the reference weight reaches SDPA (``"mask"`` or ``"fold"``).
+        fuse: ``fuse_reference_pass`` of the generator: ``None`` (its default: fused on the
+            CPU only), ``True`` or ``False``.
         cache_gb: bound of the reference-token cache in the throughput part (the generator's
             default; its memory is part of FABRIC's overhead).
         rounds: rounds of the iterative-session part.
@@ -261,6 +263,7 @@ class BenchConfig:
     refs: tuple[int, ...] = (0, 1, 2, 4)
     repeats: int = 5
     bias_mode: str = "mask"
+    fuse: bool | None = None
     cache_gb: float = 1.0
     rounds: int = 3
     max_weight: float = 0.8
@@ -637,6 +640,12 @@ class _Switch:
                 yield
             finally:
                 gen.bias_mode = previous
+        elif name == "fuse":  # off: the separate reference pass, whatever the device's default
+            gen.fuse_reference_pass = True
+            try:
+                yield
+            finally:
+                gen.fuse_reference_pass = False
         elif name == "channels_last":
             unet.to(memory_format=torch.channels_last)
             try:
@@ -653,7 +662,7 @@ class _Switch:
             finally:
                 del unet.forward  # the instance attribute; the class's forward shows again
         else:
-            raise ValueError(f"unknown option {name!r}; use fold, channels_last or compile")
+            raise ValueError(f"unknown option {name!r}; use fold, fuse, channels_last or compile")
 
 
 def headroom(gen, cfg: BenchConfig, refs: int = 2) -> dict:
@@ -726,34 +735,43 @@ def options(gen, cfg: BenchConfig, names: Sequence[str], refs: int = 2) -> dict:
     run = _Runner(gen, cfg)
     switch = _Switch(gen)
     out = {}
-    for name in names:
-        calls = {"plain": run.plain}
-        if refs:
-            liked, disliked = run.fresh(refs), run.fresh(refs)
-            calls[f"fabric {refs}+{refs}"] = lambda: run.fabric(liked, disliked)
-        res = {}
-        for label, fn in calls.items():
-            if name == "fold" and label == "plain":
-                continue  # the bias mode does not touch the plain call
-            t0 = time.perf_counter()
-            with switch.on(name):
-                fn()  # warm-up (for compile: compilation)
-            first = time.perf_counter() - t0
-            off, on = [], []
-            for _ in range(cfg.repeats):
-                off.append(measure(fn, cfg.device))
-                with switch.on(name):
-                    on.append(measure(fn, cfg.device))
-            res[label] = {
-                "off_wall_s": _median([m.wall for m in off]),
-                "on_wall_s": _median([m.wall for m in on]),
-                "on_over_off_wall": _median([b.wall / a.wall for a, b in zip(off, on)]),
-                "on_over_off_cpu": _median([b.cpu / a.cpu for a, b in zip(off, on)]),
-                "first_call_s": first,
-            }
-        out[name] = res
-        logger.info("option %s: %s", name, res)
+    default_fuse, gen.fuse_reference_pass = gen.fuse_reference_pass, False  # each option against the separate pass
+    try:
+        for name in names:
+            out[name] = _option(run, switch, cfg, name, refs)
+    finally:
+        gen.fuse_reference_pass = default_fuse
     return out
+
+
+def _option(run: "_Runner", switch: _Switch, cfg: BenchConfig, name: str, refs: int) -> dict:
+    """One option off/on, interleaved, for the plain call and FABRIC ``refs + refs``."""
+    calls = {"plain": run.plain}
+    if refs:
+        liked, disliked = run.fresh(refs), run.fresh(refs)
+        calls[f"fabric {refs}+{refs}"] = lambda: run.fabric(liked, disliked)
+    res = {}
+    for label, fn in calls.items():
+        if name in ("fold", "fuse") and label == "plain":
+            continue  # these do not touch the plain call
+        t0 = time.perf_counter()
+        with switch.on(name):
+            fn()  # warm-up (for compile: compilation)
+        first = time.perf_counter() - t0
+        off, on = [], []
+        for _ in range(cfg.repeats):
+            off.append(measure(fn, cfg.device))
+            with switch.on(name):
+                on.append(measure(fn, cfg.device))
+        res[label] = {
+            "off_wall_s": _median([m.wall for m in off]),
+            "on_wall_s": _median([m.wall for m in on]),
+            "on_over_off_wall": _median([b.wall / a.wall for a, b in zip(off, on)]),
+            "on_over_off_cpu": _median([b.cpu / a.cpu for a, b in zip(off, on)]),
+            "first_call_s": first,
+        }
+    logger.info("option %s: %s", name, res)
+    return res
 
 
 # ---- report -----------------------------------------------------------------------------------
@@ -814,13 +832,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--refs", default="0,1,2,4", help="reference counts per polarity, comma list")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bias-mode", choices=("mask", "fold"), default="mask")
+    parser.add_argument("--fuse", choices=("auto", "on", "off"), default="auto",
+                        help="new references inside the main U-Net call (auto: the generator's default, on for CPU only)")
     parser.add_argument("--cache-gb", type=float, default=1.0, help="token-cache bound in the throughput part")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-scaled-budget", dest="scaled_budget", action="store_false",
                         help="rounds part: skip the session with the default cache budget scaled to the model")
     parser.add_argument("--parts", default="backends,headroom,syncs,throughput,rounds,options",
                         help="comma list of backends, headroom, syncs (CUDA), throughput, rounds, options")
-    parser.add_argument("--options", default="fold,channels_last", help="options part: comma list of fold, channels_last, compile")
+    parser.add_argument("--options", default="fold,fuse,channels_last", help="options part: comma list of fold, fuse, channels_last, compile")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -856,6 +876,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             refs=tuple(int(x) for x in args.refs.split(",")),
             repeats=args.repeats,
             bias_mode=args.bias_mode,
+            fuse={"auto": None, "on": True, "off": False}[args.fuse],
             cache_gb=args.cache_gb,
             rounds=args.rounds,
         )
@@ -863,7 +884,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         t0 = time.perf_counter()
         pipe = build_pipeline(name, args.device, cfg.torch_dtype, cfg.seed)
-        gen = FabricGenerator(pipe, cache_bytes=int(cfg.cache_gb * 2**30), bias_mode=cfg.bias_mode)
+        gen = FabricGenerator(pipe, cache_bytes=int(cfg.cache_gb * 2**30), bias_mode=cfg.bias_mode, fuse_reference_pass=cfg.fuse)
         logger.info("%s built in %.1f s", name, time.perf_counter() - t0)
         res: dict = {"config": asdict(cfg)}
         if "backends" in parts:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +144,11 @@ class FabricState:
             per group (``None``: that group gets plain attention).
         groups: images per group, in batch order: several prompts, each with its own feedback,
             share one U-Net call. Empty means one group, the whole batch.
+        fresh: trailing batch rows that are references recorded in this very call (the fused
+            reference pass): they run plain attention, their layer inputs go to ``recorded``,
+            and ``resolve(name, tokens)`` turns those ``(fresh, M, C)`` tokens into the layer's
+            per-group references (instead of ``layers``).
+        resolve: see ``fresh``.
         guidance: whether the main batch is ``[uncond; cond]`` (classifier-free guidance); the
             unconditional half attends to disliked references, the conditional half to liked ones.
         bias_mode: how the log-weight bias reaches SDPA (see :func:`weighted_attention`).
@@ -153,6 +158,8 @@ class FabricState:
     recorded: dict[str, torch.Tensor] = field(default_factory=dict)
     layers: dict[str, tuple[LayerReferences | None, ...]] = field(default_factory=dict)
     groups: tuple[int, ...] = ()
+    fresh: int = 0
+    resolve: Callable[[str, torch.Tensor], tuple[LayerReferences | None, ...]] | None = None
     guidance: bool = True
     bias_mode: BiasMode = "mask"
 
@@ -170,12 +177,33 @@ class FabricAttnProcessor:
         state = self.state
         if state.mode == "record":
             state.recorded[self.name] = hidden_states
+        if state.mode == "inject" and state.fresh and encoder_hidden_states is None:
+            return self._fused(attn, hidden_states, attention_mask, temb, **kwargs)
         groups = state.layers.get(self.name) if state.mode == "inject" else None
         if not groups or encoder_hidden_states is not None or all(r is None or (r.pos is None and r.neg is None) for r in groups):
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
+        self._check_layer(attn, hidden_states)
+        return self._extended_attention(attn, hidden_states, attention_mask, groups)
+
+    def _check_layer(self, attn, hidden_states: torch.Tensor) -> None:
         if hidden_states.ndim != 3 or attn.group_norm is not None or attn.spatial_norm is not None:
             raise NotImplementedError(f"FABRIC supports transformer self-attention layers only ({self.name})")
-        return self._extended_attention(attn, hidden_states, attention_mask, groups)
+
+    def _fused(self, attn, hidden_states: torch.Tensor, attention_mask, temb, **kwargs) -> torch.Tensor:
+        """The main rows attend over their references; the trailing ``fresh`` reference rows run
+        plain attention and supply their own tokens, as a separate reference pass would."""
+        self._check_layer(attn, hidden_states)
+        state = self.state
+        main, fresh = hidden_states[: -state.fresh], hidden_states[-state.fresh :]
+        tokens = fresh.clone()  # kept by the token cache: must not hold the whole batch alive
+        state.recorded[self.name] = tokens
+        groups = state.resolve(self.name, tokens)
+        ref_out = self.base(attn, fresh, None, attention_mask, temb, **kwargs)
+        if all(r is None or (r.pos is None and r.neg is None) for r in groups):
+            main_out = self.base(attn, main, None, attention_mask, temb, **kwargs)
+        else:
+            main_out = self._extended_attention(attn, main, attention_mask, groups)
+        return torch.cat([main_out, ref_out])
 
     def _segments(self, batch: int, groups: tuple[LayerReferences | None, ...]) -> list[tuple[slice, torch.Tensor | None, float]]:
         """``(rows, reference tokens, weight)`` per run of batch rows that share references.

@@ -7,7 +7,10 @@
   ``finally``), sharing one :class:`~fabric.attention.FabricState` keyed by layer name;
 * a forward pre-hook on the U-Net that, at each step that needs it, noises the reference latents
   to the step's noise level, runs the U-Net on them with the empty prompt in ``"record"`` mode,
-  and hands the recorded tokens and the step's weights to the processors.
+  and hands the recorded tokens and the step's weights to the processors. With
+  ``fuse_reference_pass`` (the CPU default) the references ride instead as extra rows of the
+  main call (the pre-hook appends them, the processors take their tokens in the same layer, a
+  forward hook removes their rows from the output): one U-Net call per step.
 
 Every scheduler, callback and pipeline option keeps working, and with no references (or all
 weights 0) the pipeline runs untouched, so the output equals the plain pipeline bit for bit.
@@ -247,6 +250,14 @@ class FabricGenerator:
         plain_cache_size: how many calls without feedback to keep (see :class:`PlainCallCache`);
             0 (the default) disables it. Studies turn it on, so the first round of a trial is
             not generated again when an earlier trial or the baseline already made it.
+        fuse_reference_pass: run the references not yet in the token cache as extra rows of the
+            main U-Net call (empty prompt, the step's timestep; their rows attend only to
+            themselves) instead of a separate reference pass. Same images up to float rounding;
+            one U-Net call per step instead of two, at the cost of a larger batch. ``None`` (the
+            default) fuses on the CPU, where it was measured faster (docs/BENCHMARKS.md), and not
+            on CUDA, where its speed and peak memory are not measured yet. Falls back to the
+            separate pass for U-Net inputs it cannot extend (ControlNet residuals,
+            ``timestep_cond``, attention masks, ``cross_attention_kwargs``).
 
     Example:
         >>> gen = FabricGenerator.from_pretrained("tiny")
@@ -262,6 +273,7 @@ class FabricGenerator:
         bias_mode: BiasMode = "mask",
         negative_prefix: str = "",
         plain_cache_size: int = 0,
+        fuse_reference_pass: bool | None = None,
     ) -> None:
         from fabric.schedulers import check_scheduler
 
@@ -276,6 +288,9 @@ class FabricGenerator:
         if isinstance(plain_cache_size, bool) or not isinstance(plain_cache_size, int) or plain_cache_size < 0:
             raise InvalidParameterError(f"plain_cache_size must be a non-negative integer, got {plain_cache_size!r}")
         self.plain_cache = PlainCallCache(plain_cache_size)
+        if fuse_reference_pass is not None and not isinstance(fuse_reference_pass, bool):
+            raise InvalidParameterError(f"fuse_reference_pass must be True, False or None, got {fuse_reference_pass!r}")
+        self.fuse_reference_pass = fuse_reference_pass
         self.last_seeds: list[int] = []
 
     # ---- construction ----------------------------------------------------------------------
@@ -678,28 +693,45 @@ class FabricGenerator:
         sigma = (1 - frac) * sigmas[lo] + frac * sigmas[hi]
         return float(1.0 / (sigma**2 + 1.0))
 
+    def _cached(self, refs: list[_Reference], t) -> tuple[list[tuple], list[dict[str, torch.Tensor] | None]]:
+        """Token-cache keys of ``refs`` at timestep ``t``, and the cached tokens (``None``: missing)."""
+        t_key = round(float(t), 4)
+        keys = [(r.key, t_key, *r.latent.shape[-2:]) for r in refs]
+        return keys, [self.state_cache.get(k) if self.state_cache.max_bytes else None for k in keys]
+
+    def _noised(self, refs: list[_Reference], t, index: int) -> torch.Tensor:
+        """``(R, 4, h, w)`` reference latents noised to timestep ``t``; the noise is seeded per
+        (image, timestep), so a reference gets the same noise in every round."""
+        t_key = round(float(t), 4)
+        a = self._alpha_bar(t, index)
+        z0 = torch.stack([r.latent for r in refs])
+        eps = torch.stack(
+            [torch.randn(z0.shape[1:], generator=torch.Generator("cpu").manual_seed(_stable_seed("ref-noise", r.key, t_key))) for r in refs]
+        ).to(device=z0.device, dtype=z0.dtype)
+        return a**0.5 * z0 + (1 - a) ** 0.5 * eps
+
+    def _store(self, keys: list[tuple], recorded: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Split a reference pass's ``(R, M, C)`` tokens per reference, and cache them."""
+        found = []
+        for j, key in enumerate(keys):
+            tokens = {name: batch[j] for name, batch in recorded.items()}  # (M, C) per layer
+            if self.state_cache.max_bytes:
+                self.state_cache.put(key, tokens)
+            found.append(tokens)
+        return found
+
     def _record(
-        self, refs: list[_Reference], t, index: int, state: FabricState, empty: torch.Tensor, pooled, time_ids
+        self, refs: list[_Reference], keys: list[tuple], found: list, t, index: int, state: FabricState, empty: torch.Tensor, pooled, time_ids
     ) -> list[dict[str, torch.Tensor]]:
         """Tokens of each reference at every ``attn1`` layer, at timestep ``t``.
 
-        Cached references are reused; the others run through the U-Net in one batch.
+        ``found`` holds the cached ones (:meth:`_cached`); the others run through the U-Net in
+        one batch.
         """
-        t_key = round(float(t), 4)
-        h, w = refs[0].latent.shape[-2:]
-        keys = [(r.key, t_key, h, w) for r in refs]
-        found = [self.state_cache.get(k) if self.state_cache.max_bytes else None for k in keys]
-        todo = [i for i, s in enumerate(found) if s is None]
+        found = list(found)
+        todo = [i for i, f in enumerate(found) if f is None]
         if todo:
-            a = self._alpha_bar(t, index)
-            z0 = torch.stack([refs[i].latent for i in todo])  # (R, 4, h, w)
-            eps = torch.stack(
-                [
-                    torch.randn(z0.shape[1:], generator=torch.Generator("cpu").manual_seed(_stable_seed("ref-noise", refs[i].key, t_key)))
-                    for i in todo
-                ]
-            ).to(device=z0.device, dtype=z0.dtype)
-            z_t = a**0.5 * z0 + (1 - a) ** 0.5 * eps
+            z_t = self._noised([refs[i] for i in todo], t, index)
             n = len(todo)
             added = None
             if pooled is not None:
@@ -710,11 +742,44 @@ class FabricGenerator:
             finally:
                 state.mode = "off"
             recorded, state.recorded = state.recorded, {}
-            for j, i in enumerate(todo):
-                found[i] = {name: tokens[j] for name, tokens in recorded.items()}  # (M, C) per layer
-                if self.state_cache.max_bytes:
-                    self.state_cache.put(keys[i], found[i])
+            for i, tokens in zip(todo, self._store([keys[i] for i in todo], recorded)):
+                found[i] = tokens
         return found  # type: ignore[return-value]
+
+    # U-Net inputs the fused reference pass cannot extend with reference rows
+    _UNFUSABLE = (
+        "timestep_cond", "class_labels", "attention_mask", "encoder_attention_mask", "cross_attention_kwargs",
+        "down_block_additional_residuals", "mid_block_additional_residual", "down_intrablock_additional_residuals",
+    )  # fmt: skip
+
+    @classmethod
+    def _can_fuse(cls, args: tuple, kwargs: dict, pooled) -> bool:
+        if len(args) != 2 or kwargs.get("encoder_hidden_states") is None:
+            return False
+        for name in cls._UNFUSABLE:
+            value = kwargs.get(name)
+            if value is not None and not (isinstance(value, (dict, list, tuple)) and len(value) == 0):
+                return False
+        added = kwargs.get("added_cond_kwargs") or {}
+        return set(added) == ({"text_embeds", "time_ids"} if pooled is not None else set())
+
+    @staticmethod
+    def _with_reference_rows(args: tuple, kwargs: dict, z_t: torch.Tensor, empty: torch.Tensor, pooled, time_ids) -> tuple[tuple, dict]:
+        """The U-Net inputs with ``z_t``'s references appended as rows (empty prompt, same timestep)."""
+        sample, t = args
+        n = z_t.shape[0]
+        if isinstance(t, torch.Tensor) and t.ndim == 1 and t.numel() == sample.shape[0] > 1:
+            t = torch.cat([t, t[:1].expand(n)])
+        kwargs = dict(kwargs)
+        hidden = kwargs["encoder_hidden_states"]
+        kwargs["encoder_hidden_states"] = torch.cat([hidden, empty.to(hidden.dtype).expand(n, -1, -1)])
+        if pooled is not None:
+            added = kwargs["added_cond_kwargs"]
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": torch.cat([added["text_embeds"], pooled.to(added["text_embeds"].dtype).expand(n, -1)]),
+                "time_ids": torch.cat([added["time_ids"], time_ids.expand(n, -1)]),
+            }
+        return (torch.cat([sample, z_t.to(sample.dtype)]), t), kwargs
 
     def _fabric_hooks(self, groups: list[_Group], params: FabricParams):
         """Context manager: FABRIC processors on ``attn1`` plus the U-Net pre-hook, undone on exit.
@@ -732,6 +797,8 @@ class FabricGenerator:
         n_down = len(unet.down_blocks)
         empty, pooled = self._empty_prompt()
         n_steps = params.steps
+        fresh_keys: list[tuple] = []  # token-cache keys of the references riding in the current call
+        fuse = self.fuse_reference_pass if self.fuse_reference_pass is not None else self.device.type == "cpu"
 
         def pre_hook(module, args, kwargs):
             if state.mode == "record":  # the reference pass itself
@@ -745,6 +812,7 @@ class FabricGenerator:
             w = step_weights(step, n_steps, params)
             use = [(pos if w.pos > 0 else [], neg if (w.neg > 0 and guidance) else []) for _, pos, neg in groups]
             needed = list({r.key: r for pos, neg in use for r in pos + neg}.values())  # each image once
+            state.fresh, state.resolve = 0, None
             if not needed:
                 state.mode, state.layers = "off", {}
                 return None
@@ -752,24 +820,44 @@ class FabricGenerator:
             if pooled is not None:
                 added = kwargs.get("added_cond_kwargs") or {}
                 time_ids = added["time_ids"][-1:]  # the conditional half's (size, crop, target) ids
-            recorded = dict(zip((r.key for r in needed), self._record(needed, t, index, state, empty, pooled, time_ids)))
             pos_w = layer_weights(layer_names, w.pos, params.pos_bottleneck_scale, n_down)
             neg_w = layer_weights(layer_names, w.neg, params.neg_bottleneck_scale, n_down)
 
-            def tokens(refs: list[_Reference], name: str, weight: float) -> torch.Tensor | None:
-                if not refs or weight <= 0:
-                    return None
-                return torch.cat([recorded[r.key][name] for r in refs])  # (R*M, C)
+            def layer_references(name: str, tokens_of: Callable[[_Reference], torch.Tensor]) -> tuple[LayerReferences, ...]:
+                def tokens(refs: list[_Reference], weight: float) -> torch.Tensor | None:
+                    return torch.cat([tokens_of(r) for r in refs]) if refs and weight > 0 else None  # (R*M, C)
 
-            state.layers = {
-                name: tuple(
-                    LayerReferences(tokens(pos, name, pos_w[name]), tokens(neg, name, neg_w[name]), pos_w[name], neg_w[name])
-                    for pos, neg in use
-                )
-                for name in layer_names
-            }
+                return tuple(LayerReferences(tokens(pos, pos_w[name]), tokens(neg, neg_w[name]), pos_w[name], neg_w[name]) for pos, neg in use)
+
+            keys, found = self._cached(needed, t)
+            missing = [i for i, f in enumerate(found) if f is None]
+            if missing and fuse and self._can_fuse(args, kwargs, pooled):
+                # the new references ride along as extra rows of this very U-Net call
+                fresh = {needed[i].key: j for j, i in enumerate(missing)}
+                cached = {r.key: f for r, f in zip(needed, found) if f is not None}
+
+                def resolve(name: str, new_tokens: torch.Tensor) -> tuple[LayerReferences, ...]:
+                    return layer_references(name, lambda r: cached[r.key][name] if r.key in cached else new_tokens[fresh[r.key]])
+
+                state.mode, state.layers, state.recorded = "inject", {}, {}
+                state.fresh, state.resolve, fresh_keys[:] = len(missing), resolve, [keys[i] for i in missing]
+                z_t = self._noised([needed[i] for i in missing], t, index)
+                return self._with_reference_rows(args, kwargs, z_t, empty, pooled, time_ids)
+            recorded = dict(zip((r.key for r in needed), self._record(needed, keys, found, t, index, state, empty, pooled, time_ids)))
+            state.layers = {name: layer_references(name, lambda r: recorded[r.key][name]) for name in layer_names}
             state.mode = "inject"
             return None
+
+        def post_hook(module, args, kwargs, output):
+            if state.mode != "inject" or not state.fresh:
+                return None
+            n, recorded = state.fresh, state.recorded
+            self._store(fresh_keys, recorded)
+            state.fresh, state.resolve, state.recorded = 0, None, {}
+            if isinstance(output, tuple):
+                return (output[0][:-n], *output[1:])
+            output.sample = output.sample[:-n]
+            return output
 
         @contextlib.contextmanager
         def hooks():
@@ -779,11 +867,14 @@ class FabricGenerator:
             }
             unet.set_attn_processor(processors)
             handle = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
+            post = unet.register_forward_hook(post_hook, with_kwargs=True)
             try:
                 with self.state_cache.hold(r.key for _, pos, neg in groups for r in pos + neg):
                     yield state
             finally:
                 handle.remove()
+                post.remove()
+                state.fresh, state.resolve = 0, None
                 unet.set_attn_processor(previous)
                 state.layers, state.recorded, state.mode = {}, {}, "off"
 

@@ -46,8 +46,8 @@ def test_each_request_gets_the_images_it_gets_alone(tiny_generator, solid_images
 
 
 def test_one_main_and_one_reference_pass_per_step_for_all_prompts(tiny_generator, solid_images, unet_batches):
-    tiny_generator.state_cache.clear()
-    tiny_generator.generate_many(_requests(solid_images), params=P, output_type="latent")
+    separate = FabricGenerator(tiny_generator.pipeline, fuse_reference_pass=False)
+    separate.generate_many(_requests(solid_images), params=P, output_type="latent")
     main = [b for b in unet_batches if b == 12]  # 6 images, guided
     reference = [b for b in unet_batches if b != 12]
     assert len(main) == P.steps

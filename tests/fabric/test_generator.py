@@ -71,14 +71,17 @@ def test_negative_feedback_needs_the_unconditional_half(tiny_generator, solid_im
 
 
 def _count_unet_batches(gen):
+    """Rows of every U-Net call as the U-Net runs it (fused reference rows included)."""
     sizes = []
-    handle = gen.pipeline.unet.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    handle = gen.pipeline.unet.register_forward_hook(lambda m, args, out: sizes.append(out[0].shape[0]))
     return sizes, handle
 
 
-def test_reference_pass_runs_only_on_steps_with_weight(tiny_generator, solid_images):
-    gen = tiny_generator
-    gen.state_cache.clear()
+@pytest.mark.parametrize("fuse", [False, True])
+def test_reference_pass_runs_only_on_steps_with_weight(tiny_generator, solid_images, fuse):
+    from fabric.generator import FabricGenerator
+
+    gen = FabricGenerator(tiny_generator.pipeline, fuse_reference_pass=fuse)
     sizes, handle = _count_unet_batches(gen)
     try:
         # 10 steps, window [round(10 * .5), round(10 * .7)] = steps 5..7, min weight 0 elsewhere
@@ -86,14 +89,17 @@ def test_reference_pass_runs_only_on_steps_with_weight(tiny_generator, solid_ima
         gen.generate("x", liked=[solid_images["red"]], disliked=[solid_images["blue"]], params=p, n_images=3, seed=0)
     finally:
         handle.remove()
-    main_passes = [s for s in sizes if s == 6]
-    reference_passes = [s for s in sizes if s == 2]  # one batched pass over 1 liked + 1 disliked
-    assert len(main_passes) == 10 and len(reference_passes) == 3
+    if fuse:  # 1 liked + 1 disliked ride along with the 6 guided rows on the 3 active steps
+        assert sizes == [6] * 5 + [8] * 3 + [6] * 2
+    else:  # one batched reference pass over 1 liked + 1 disliked before each active step's main pass
+        assert sizes == [6] * 5 + [2, 6] * 3 + [6] * 2
 
 
-def test_references_recorded_in_an_earlier_round_are_reused(tiny_generator, solid_images):
-    gen = tiny_generator
-    gen.state_cache.clear()
+@pytest.mark.parametrize("fuse", [False, True])
+def test_references_recorded_in_an_earlier_round_are_reused(tiny_generator, solid_images, fuse):
+    from fabric.generator import FabricGenerator
+
+    gen = FabricGenerator(tiny_generator.pipeline, fuse_reference_pass=fuse)
     p = FabricParams(steps=4, max_weight=0.5, feedback_end=1.0)
     sizes, handle = _count_unet_batches(gen)
     try:
@@ -103,9 +109,10 @@ def test_references_recorded_in_an_earlier_round_are_reused(tiny_generator, soli
         second = sizes[len(first):]
     finally:
         handle.remove()
-    assert first.count(1) == 4  # the red reference: one pass per step
-    assert second.count(1) == 4 and second.count(2) == 0  # only the new (yellow) reference runs
-    assert gen.state_cache.hits >= 4
+    # the red reference once per step, then only the new (yellow) one: red comes from the cache
+    assert first == ([5] * 4 if fuse else [1, 4] * 4)
+    assert second == ([5] * 4 if fuse else [1, 4] * 4)
+    assert gen.state_cache.hits == 4
 
 
 def test_cached_and_uncached_references_give_the_same_images(tiny_generator, solid_images):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+from collections import Counter
 
 import pytest
 import torch
@@ -48,19 +49,22 @@ def test_every_supported_scheduler_runs_fabric_with_two_liked_and_two_disliked(p
 
     pipe = pipelines["epsilon"]
     original = pipe.scheduler
+    refs = dict(liked=[solid_images["red"], solid_images["green"]], disliked=[solid_images["blue"], solid_images["yellow"]])
+    runs = {}
     try:
         set_scheduler(pipe, name)
-        gen = FabricGenerator(pipe)
-        calls = []  # (batch, timestep) of every U-Net call
-        handle = pipe.unet.register_forward_pre_hook(lambda m, args: calls.append((args[0].shape[0], round(float(args[1]), 4))))
-        try:
-            refs = dict(liked=[solid_images["red"], solid_images["green"]], disliked=[solid_images["blue"], solid_images["yellow"]])
-            fed = gen.generate("a circle", **refs, params=P, n_images=1, seed=0, output_type="latent")
-        finally:
-            handle.remove()
+        for fuse in (False, True):
+            gen = FabricGenerator(pipe, fuse_reference_pass=fuse)
+            calls = []  # (rows, timestep) of every U-Net call as the U-Net ran it (before FABRIC's hook trims it)
+            handle = pipe.unet.register_forward_hook(lambda m, args, out: calls.append((out[0].shape[0], round(float(args[1]), 4))))
+            try:
+                runs[fuse] = gen.generate("a circle", **refs, params=P, n_images=1, seed=0, output_type="latent"), calls
+            finally:
+                handle.remove()
     finally:
         pipe.scheduler = original
-    assert torch.isfinite(fed).all()
+    (separate, calls), (fused, fused_calls) = runs[False], runs[True]
+    assert torch.isfinite(separate).all()
     # one main pass (guidance batch of 2) per evaluation, at least one per step (second-order
     # samplers evaluate twice); one reference pass over the 2 + 2 references per distinct
     # timestep, since a repeated timestep reuses the cached reference tokens
@@ -68,6 +72,11 @@ def test_every_supported_scheduler_runs_fabric_with_two_liked_and_two_disliked(p
     reference = [t for b, t in calls if b == 4]
     assert len(main) >= P.steps and len(main) + len(reference) == len(calls)
     assert sorted(reference) == sorted(set(main))
+    # fused: the references ride in the first main pass at each distinct timestep; a repeated
+    # timestep's pass finds their tokens in the cache
+    assert [t for b, t in fused_calls if b == 6] == list(dict.fromkeys(main))
+    assert Counter(t for b, t in fused_calls if b == 2) == Counter(main) - Counter(set(main))
+    torch.testing.assert_close(fused, separate, rtol=1e-3, atol=1e-3)
 
 
 def _oracle_inputs(scheduler, prediction: str, steps: int = 6):
