@@ -71,26 +71,28 @@ def _tiny_clip(hidden_size: int, hidden_act: str = "quick_gelu", projection_dim:
     return (CLIPTextModelWithProjection if projection_dim else CLIPTextModel)(config)
 
 
+def _tiny_unet(**config):
+    """A 3-level U-Net on 8x8 latents (64x64 images); ``config`` sets the family's blocks."""
+    from diffusers import UNet2DConditionModel
+
+    base = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16)
+    return UNet2DConditionModel(**base, **config)
+
+
 def tiny_components(seed: int = 0) -> dict:
     """The components of ``"tiny"`` (SD 1.x), initialised deterministically from ``seed``."""
-    from diffusers import EulerAncestralDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerAncestralDiscreteScheduler
 
     from fabric.tokenizer import offline_clip_tokenizer
 
     # fork_rng: module initialisers draw from the global RNG; this keeps the caller's RNG state untouched
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=8,  # 8x8 latents -> 64x64 images
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=1,
+        unet = _tiny_unet(
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32,
             attention_head_dim=4,
-            norm_num_groups=16,
         )
         vae = _tiny_vae()
         text_encoder = _tiny_clip(32)
@@ -109,24 +111,18 @@ def tiny_components(seed: int = 0) -> dict:
 
 def tiny_v_components(seed: int = 0) -> dict:
     """The components of ``"tiny-v"`` (SD 2.x, v-prediction), initialised from ``seed``."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler
 
     from fabric.tokenizer import offline_clip_tokenizer
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=1,
+        unet = _tiny_unet(
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32,
             attention_head_dim=(2, 4, 4),  # per block, as SD 2.x's (5, 10, 20, 20)
             use_linear_projection=True,
-            norm_num_groups=16,
         )
         vae = _tiny_vae()
         text_encoder = _tiny_clip(32, hidden_act="gelu")  # OpenCLIP ViT-H uses exact GELU
@@ -157,19 +153,14 @@ def tiny_xl_components(seed: int = 0) -> dict:
     the U-Net's cross-attention sees their concatenation (96), and diffusers' single-file loader
     tells the encoders apart by width.
     """
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler
 
     from fabric.tokenizer import offline_clip_tokenizer
 
     time_dim, pooled_dim = 8, 32
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=1,
+        unet = _tiny_unet(
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             transformer_layers_per_block=(1, 1, 2),  # SDXL: (1, 2, 10); the bottom level is deepest
@@ -180,7 +171,6 @@ def tiny_xl_components(seed: int = 0) -> dict:
             addition_time_embed_dim=time_dim,
             # 6 time ids (original size, crop top-left, target size) + the pooled text embedding
             projection_class_embeddings_input_dim=6 * time_dim + pooled_dim,
-            norm_num_groups=16,
         )
         vae = _tiny_vae(scaling_factor=0.13025, force_upcast=True)
         text_encoder = _tiny_clip(32)

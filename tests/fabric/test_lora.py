@@ -20,14 +20,6 @@ P = FabricParams(steps=2, max_weight=0.8)
 RANK = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine's cores are shared
-    yield
-    torch.set_num_threads(previous)
-
-
 def _projections(unet):
     """``(processor name, projection, Linear)`` for every attention layer's q/k/v/out."""
     for name in unet.attn_processors:

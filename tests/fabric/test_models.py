@@ -24,19 +24,9 @@ P = FabricParams(steps=3, max_weight=0.8)
 FAMILIES = {"tiny": "sd1", "tiny-v": "sd2", "tiny-xl": "xl"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine's cores are shared
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def generators():
     """One generator per tiny family, built once for this module."""
-    from fabric.generator import FabricGenerator
-
     return {name: FabricGenerator.from_pretrained(name) for name in FAMILIES}
 
 

@@ -28,14 +28,6 @@ def _available(name: str) -> bool:
     return needs is None or importlib.util.find_spec(needs) is not None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the test machine's cores are shared
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipelines():
     from fabric.tiny import build_tiny_pipeline, build_tiny_v_pipeline

@@ -12,16 +12,6 @@ from fabric.attention import FabricAttnProcessor, FabricState
 from fabric.generator import FabricGenerator, ReferenceStateCache
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread here: on a 2-core machine shared with other jobs, OpenMP's busy-waiting
-    workers made these tests 5x slower with two threads (they are small; one thread is enough)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _recorded_shapes(unet, latent_hw):
     """``[(layer, N, C)]`` that FABRIC's processors record in one U-Net call."""
     state = FabricState(mode="record")
