@@ -22,6 +22,7 @@ Usage::
     python -m bench.study                      # the toy-demo study (toy model, CPU, ~2 min)
     python -m bench.study --study toy --trials 12
     python -m bench.study --prompt-batch 2     # prompts one by one vs two per call
+    python -m bench.study --prompt-batch 2 --fuse off   # the same with the separate reference pass
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ __all__ = ["run_once", "main"]
 logger = logging.getLogger(__name__)
 
 
-def run_once(study: str, trials: int, cache: bool, prompt_batch: int = 1, seed: int = 0, sampler: str | None = None) -> dict:
+def run_once(
+    study: str, trials: int, cache: bool, prompt_batch: int = 1, seed: int = 0, sampler: str | None = None, fuse: bool | None = None
+) -> dict:
     """Run ``study`` with ``trials`` trials into a fresh temp folder; time it and count U-Net calls."""
     import torch
 
@@ -53,6 +56,7 @@ def run_once(study: str, trials: int, cache: bool, prompt_batch: int = 1, seed: 
     config = load_study_config(study, overrides=overrides)
     components = load_components(config)
     generator: FabricGenerator = components.generator
+    generator.fuse_reference_pass = fuse
     if not cache:
         generator.plain_cache.max_entries = 0
     calls = []
@@ -68,6 +72,7 @@ def run_once(study: str, trials: int, cache: bool, prompt_batch: int = 1, seed: 
     return {
         "cache": cache,
         "prompt batch": prompt_batch,
+        "fuse": fuse,
         "seconds": round(wall, 2),
         "cpu seconds": round(cpu, 2),
         "unet calls": len(calls),
@@ -86,8 +91,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=1, help="pairs of runs, interleaved")
     parser.add_argument("--prompt-batch", type=int, default=1, help="N > 1: compare prompt_batch 1 with N (cache on) instead of the cache")
     parser.add_argument("--sampler", default=None, help="override the study's sampler (e.g. random: the same trials in both arms)")
+    parser.add_argument("--fuse", choices=("auto", "on", "off"), default="auto", help="the generator's fuse_reference_pass in both arms")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    fuse = {"auto": None, "on": True, "off": False}[args.fuse]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import optuna
 
@@ -99,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {label: [] for label in arms}
     for _ in range(args.repeats):
         for label, arm in arms.items():
-            runs[label].append(run_once(args.study, args.trials, sampler=args.sampler, **arm))
+            runs[label].append(run_once(args.study, args.trials, sampler=args.sampler, fuse=fuse, **arm))
             logger.info("%s: %s", label, {k: v for k, v in runs[label][-1].items() if k not in ("values", "params")})
     (a, first), (b, second) = runs.items()
     # compare trials with equal parameters (a model-based sampler may diverge after a tiny difference)
