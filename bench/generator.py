@@ -521,7 +521,7 @@ def rounds(gen, cfg: BenchConfig, budgets: dict[str, int] | None = None) -> dict
         budgets: label -> token-cache bound in bytes; one session per budget and repeat.
             Default: the generator's current cache.
     """
-    from fabric.generator import ReferenceStateCache
+    from fabric.caches import ReferenceStateCache
 
     run = _Runner(gen, cfg)
     dev = cfg.device

@@ -4,7 +4,7 @@ What a study saves by generating each call without feedback once, and by generat
 prompts per pipeline call.
 
 ``python -m bench.study`` runs one study twice on the same generator weights, in one process,
-interleaved: once with :class:`fabric.generator.PlainCallCache` off and once on (as
+interleaved: once with :class:`fabric.caches.PlainCallCache` off and once on (as
 :func:`optimize.study.load_components` sets it). With ``--prompt-batch N`` the two arms are
 instead ``protocol.prompt_batch`` 1 and N, both with the cache on. Everything else is identical
 (a journal in a temp folder, tracking off, the same seed). It reports wall-clock and CPU time,

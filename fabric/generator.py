@@ -16,8 +16,9 @@ Every scheduler, callback and pipeline option keeps working, and with no referen
 weights 0) the pipeline runs untouched, so the output equals the plain pipeline bit for bit.
 
 Reference latents are cached per image, and recorded reference tokens per (image, timestep),
-on the device, so a reference seen in an earlier round of an iterative session is never run
-through the U-Net again (its noise is deterministic per image and timestep).
+on the device (:mod:`fabric.caches`), so a reference seen in an earlier round of an iterative
+session is never run through the U-Net again (its noise is deterministic per image and
+timestep).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass
 from os import PathLike
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
 from fabric.attention import BiasMode, FabricAttnProcessor, FabricState, LayerReferences
+from fabric.caches import PlainCallCache, ReferenceStateCache, copy_images
 from fabric.errors import InvalidParameterError
 from fabric.images import ImageLike, image_key, load_images
 from fabric.params import FabricParams
@@ -57,126 +59,6 @@ def drop_words(prompt: str, p: float, seed: int) -> str:
         return prompt
     rng = random.Random(seed)
     return " ".join(w for w in prompt.split() if rng.random() >= p)
-
-
-class ReferenceStateCache:
-    """LRU store of recorded reference tokens, bounded in bytes.
-
-    Key: ``(image key, timestep, latent height, latent width)``. Value: layer name ->
-    ``(M, C)`` tokens of that image at that layer. Entries stay on the device they were
-    recorded on. One SD 1.5 reference at 512x512 is about 23 MB per step in fp16, so the
-    default 1 GiB holds roughly two references over a 20-step schedule; older entries are
-    evicted first.
-
-    While a call runs, its references are *held* (:meth:`hold`): their entries are never
-    evicted, and an entry that would need that is not stored. A call visits its references
-    step by step, so plain LRU would evict exactly the entries the next round asks for first
-    (a 3-round session at SD 1.5 512x512 scale got 14 of 102 possible hits); holding keeps
-    what fits for the next round.
-    """
-
-    def __init__(self, max_bytes: int = 1 << 30) -> None:
-        self.max_bytes = int(max_bytes)
-        self._entries: OrderedDict[tuple, dict[str, torch.Tensor]] = OrderedDict()
-        self._held: frozenset[str] = frozenset()
-        self.nbytes = 0
-        self.hits = 0
-        self.misses = 0
-        self.rejected = 0  # entries not stored: no room without evicting a held image
-
-    @staticmethod
-    def _size(states: dict[str, torch.Tensor]) -> int:
-        return sum(t.numel() * t.element_size() for t in states.values())
-
-    def get(self, key: tuple) -> dict[str, torch.Tensor] | None:
-        states = self._entries.get(key)
-        if states is None:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return states
-
-    def put(self, key: tuple, states: dict[str, torch.Tensor]) -> None:
-        size = self._size(states)
-        if size > self.max_bytes:
-            self.rejected += 1
-            return
-        if key in self._entries:
-            self.nbytes -= self._size(self._entries.pop(key))
-        if self.nbytes + size > self.max_bytes:
-            for old_key in [k for k in self._entries if k[0] not in self._held]:  # least recent first
-                self.nbytes -= self._size(self._entries.pop(old_key))
-                if self.nbytes + size <= self.max_bytes:
-                    break
-        if self.nbytes + size > self.max_bytes:
-            self.rejected += 1
-            return
-        self._entries[key] = states
-        self.nbytes += size
-
-    @contextlib.contextmanager
-    def hold(self, image_keys: Iterable[str]) -> Iterator[None]:
-        """Keep the entries of ``image_keys`` (the running call's references) from eviction."""
-        previous, self._held = self._held, frozenset(image_keys)
-        try:
-            yield
-        finally:
-            self._held = previous
-
-    def clear(self) -> None:
-        self._entries.clear()
-        self.nbytes = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-class PlainCallCache:
-    """LRU store of the outputs of calls without feedback (``max_entries`` calls; 0 disables).
-
-    A study's first round has no liked or disliked images, so it is the same for every trial
-    whose prompts (after dropout), seeds and guidance match, and the same as the no-feedback
-    baseline's first round. Outputs are returned as copies; the weights are assumed fixed
-    (:meth:`FabricGenerator.clear_caches` after changing them).
-    """
-
-    def __init__(self, max_entries: int = 0) -> None:
-        self.max_entries = int(max_entries)
-        self._entries: OrderedDict[tuple, list[Image.Image] | torch.Tensor] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
-
-    def get(self, key: tuple) -> list[Image.Image] | torch.Tensor | None:
-        if self.max_entries == 0:
-            return None
-        value = self._entries.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._entries.move_to_end(key)
-        return value
-
-    def put(self, key: tuple, value: list[Image.Image] | torch.Tensor) -> None:
-        if self.max_entries == 0:
-            return
-        self._entries[key] = _copy_images(value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def _copy_images(images: list[Image.Image] | torch.Tensor) -> list[Image.Image] | torch.Tensor:
-    if isinstance(images, torch.Tensor):
-        return images.clone()
-    return [image.copy() for image in images]
 
 
 @dataclass(frozen=True)
@@ -440,7 +322,7 @@ class FabricGenerator:
             if cached is None:
                 cached = self._denoise(call, [(n_images, [], [])], params, prompts, negatives, seed)
                 self.plain_cache.put(key, cached)
-            return _copy_images(cached)
+            return copy_images(cached)
         pos = self._references(liked_images, height, width) if has_feedback else []
         neg = self._references(disliked_images, height, width) if has_feedback else []
         return self._denoise(call, [(n_images, pos, neg)], params, prompts, negatives, seed)
@@ -494,7 +376,7 @@ class FabricGenerator:
                     key = self._plain_key(call, prompts, negatives, seeds)
                     cached = self.plain_cache.get(key)
                     if cached is not None:
-                        outputs[i] = _copy_images(cached)
+                        outputs[i] = copy_images(cached)
                         continue
             todo.append((i, key, prompts, negatives, seeds, liked, disliked))
 

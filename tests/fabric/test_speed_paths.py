@@ -9,7 +9,8 @@ import torch
 from bench.flops import attn1_layers, component_flops, estimate_flops
 from fabric import FabricParams
 from fabric.attention import FabricAttnProcessor, FabricState
-from fabric.generator import FabricGenerator, ReferenceStateCache
+from fabric.caches import ReferenceStateCache
+from fabric.generator import FabricGenerator
 
 
 def _recorded_shapes(unet, latent_hw):
