@@ -111,14 +111,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     (a, first), (b, second) = runs.items()
     # compare trials with equal parameters (a model-based sampler may diverge after a tiny difference)
     reference = first[0]
-    pairs = [
-        (x, y)
-        for r in (*first, *second)
-        for x, y, px, py in zip(r["values"], reference["values"], r["params"], reference["params"])
-        if px == py
-    ]
-    diff = max(abs(x - y) for x, y in pairs)
-    signed = [x - y for r in second for x, y, px, py in zip(r["values"], reference["values"], r["params"], reference["params"]) if px == py]
+
+    def differences(arm: list[dict]) -> list[float]:
+        return [x - y for r in arm for x, y, px, py in zip(r["values"], reference["values"], r["params"], reference["params"]) if px == py]
+
+    within, between = differences(first), differences(second)
+    pairs = within + between
+    diff = max(abs(d) for d in pairs)
     summary = {
         "study": args.study,
         "trials": args.trials,
@@ -129,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "trials compared (equal parameters)": len(pairs),
         "same trial values": diff == 0,
         "max trial value difference": diff,
-        "mean trial value difference (second arm - first)": sum(signed) / len(signed) if signed else None,
+        "mean trial value difference (second arm - first)": sum(between) / len(between) if between else None,
         "runs": runs,
     }
     logger.info("%s", {k: v for k, v in summary.items() if k != "runs"})

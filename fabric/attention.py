@@ -164,6 +164,10 @@ class FabricState:
     bias_mode: BiasMode = "mask"
 
 
+def _any_references(groups: tuple[LayerReferences | None, ...]) -> bool:
+    return any(r is not None and (r.pos is not None or r.neg is not None) for r in groups)
+
+
 class FabricAttnProcessor:
     """Attention processor for one ``attn1`` layer; delegates to the layer's previous processor
     whenever FABRIC has nothing to add, so "no feedback" is the plain model bit for bit."""
@@ -180,7 +184,7 @@ class FabricAttnProcessor:
         if state.mode == "inject" and state.fresh and encoder_hidden_states is None:
             return self._fused(attn, hidden_states, attention_mask, temb, **kwargs)
         groups = state.layers.get(self.name) if state.mode == "inject" else None
-        if not groups or encoder_hidden_states is not None or all(r is None or (r.pos is None and r.neg is None) for r in groups):
+        if not groups or encoder_hidden_states is not None or not _any_references(groups):
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
         self._check_layer(attn, hidden_states)
         return self._extended_attention(attn, hidden_states, attention_mask, groups)
@@ -199,7 +203,7 @@ class FabricAttnProcessor:
         state.recorded[self.name] = tokens
         groups = state.resolve(self.name, tokens)
         ref_out = self.base(attn, fresh, None, attention_mask, temb, **kwargs)
-        if all(r is None or (r.pos is None and r.neg is None) for r in groups):
+        if not _any_references(groups):
             main_out = self.base(attn, main, None, attention_mask, temb, **kwargs)
         else:
             main_out = self._extended_attention(attn, main, attention_mask, groups)
@@ -216,23 +220,19 @@ class FabricAttnProcessor:
         sizes = self.state.groups or (half,)
         if len(sizes) != len(groups) or sum(sizes) != half:
             raise RuntimeError(f"FABRIC state of {self.name}: groups {sizes} do not cover a batch of {batch}")
+        halves = ["neg", "pos"] if self.state.guidance else ["pos"]  # [uncond; cond] or cond only
         segments: list[tuple[slice, torch.Tensor | None, float]] = []
-        offsets = [0, half] if self.state.guidance else [0]
-        for k, offset in enumerate(offsets):
+        start = 0
+        for polarity in halves:
             for size, refs in zip(sizes, groups):
-                if refs is None:
-                    tokens, weight = None, 0.0
-                elif self.state.guidance and k == 0:
-                    tokens, weight = refs.neg, refs.neg_weight
-                else:
-                    tokens, weight = refs.pos, refs.pos_weight
-                rows = slice(offset, offset + size)
-                last = segments[-1] if segments else None
-                if tokens is None and last is not None and last[1] is None and last[0].stop == rows.start:
-                    segments[-1] = (slice(last[0].start, rows.stop), None, 0.0)
+                tokens = None if refs is None else getattr(refs, polarity)
+                weight = 0.0 if refs is None else getattr(refs, f"{polarity}_weight")
+                rows = slice(start, start + size)
+                start += size
+                if tokens is None and segments and segments[-1][1] is None:  # rows are contiguous
+                    segments[-1] = (slice(segments[-1][0].start, rows.stop), None, 0.0)
                 else:
                     segments.append((rows, tokens, weight))
-                offset += size
         return segments
 
     def _extended_attention(self, attn, x: torch.Tensor, attention_mask, groups: tuple[LayerReferences | None, ...]) -> torch.Tensor:

@@ -30,7 +30,7 @@ import random
 from collections import OrderedDict
 from dataclasses import dataclass
 from os import PathLike
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from PIL import Image
@@ -86,6 +86,18 @@ def _split_groups(groups: list[_Group], at: int) -> tuple[list[_Group], list[_Gr
             second.append((start + n - at, pos, neg))
         start += n
     return first, second
+
+
+class _Pending(NamedTuple):
+    """A request of :meth:`FabricGenerator.generate_many` that the pipeline still has to run."""
+
+    index: int  # position in the caller's requests
+    plain_key: tuple | None  # plain-call cache key, for a request without feedback
+    prompts: list[str]  # per image, after dropout
+    negatives: list[str]
+    seeds: list[int]
+    liked: list[Image.Image]
+    disliked: list[Image.Image]
 
 
 @dataclass(frozen=True)
@@ -363,7 +375,7 @@ class FabricGenerator:
         call = self._call(params, None, height, width, output_type)
 
         outputs: list[list[Image.Image] | torch.Tensor | None] = [None] * len(requests)
-        todo: list[tuple[int, tuple | None, list[str], list[str], list[int], list, list]] = []
+        todo: list[_Pending] = []
         for i, r in enumerate(requests):
             seeds = list(r.seeds)
             prompts = self._dropout([r.prompt] * len(seeds), seeds, params)
@@ -378,24 +390,21 @@ class FabricGenerator:
                     if cached is not None:
                         outputs[i] = copy_images(cached)
                         continue
-            todo.append((i, key, prompts, negatives, seeds, liked, disliked))
+            todo.append(_Pending(i, key, prompts, negatives, seeds, liked, disliked))
 
         if todo:
-            prompts = [p for _, _, ps, _, _, _, _ in todo for p in ps]
-            negatives = [n for _, _, _, ns, _, _, _ in todo for n in ns]
-            seeds = [s for _, _, _, _, ss, _, _ in todo for s in ss]
-            groups = [
-                (len(ss), self._references(liked, height, width), self._references(disliked, height, width))
-                for _, _, _, _, ss, liked, disliked in todo
-            ]
+            prompts = [p for t in todo for p in t.prompts]
+            negatives = [n for t in todo for n in t.negatives]
+            seeds = [s for t in todo for s in t.seeds]
+            groups = [(len(t.seeds), self._references(t.liked, height, width), self._references(t.disliked, height, width)) for t in todo]
             call.update(prompt=prompts, negative_prompt=negatives, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds])
             images = self._denoise(call, groups, params, prompts, negatives, seeds)
             start = 0
-            for (i, key, _, _, ss, _, _) in todo:
-                outputs[i] = images[start : start + len(ss)]
-                start += len(ss)
-                if key is not None:
-                    self.plain_cache.put(key, outputs[i])
+            for t in todo:
+                outputs[t.index] = images[start : start + len(t.seeds)]
+                start += len(t.seeds)
+                if t.plain_key is not None:
+                    self.plain_cache.put(t.plain_key, outputs[t.index])
         self.last_seeds = [s for r in requests for s in r.seeds]
         return outputs  # type: ignore[return-value]
 

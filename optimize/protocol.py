@@ -304,14 +304,10 @@ class _Session:
     prompt: str
     feedback_objective: Any
     scored: tuple[Any, ...]
-    metric_objectives: Mapping[str, Any]
+    metrics: dict[str, list[float]]  # metric name -> per-round means
     liked: list[Any] = field(default_factory=list)
     disliked: list[Any] = field(default_factory=list)
     round_scores: list[tuple[float, ...]] = field(default_factory=list)
-    metrics: dict[str, list[float]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.metrics = {name: [] for name in self.metric_objectives}
 
 
 class TrialEvaluator:
@@ -519,7 +515,7 @@ class TrialEvaluator:
         """All rounds of the prompts in ``batch``, round by round; per prompt ``(round scores, metrics)``."""
         proto = self.protocol
         prompts, _ = proto.split(split)
-        sessions = [_Session(p, prompts[p], *self._objectives_for(split, p), self.metrics) for p in batch]
+        sessions = [_Session(p, prompts[p], *self._objectives_for(split, p), {name: [] for name in self.metrics}) for p in batch]
         for r in range(proto.rounds):
             seeds = [[image_seed(proto.seed, split, replicate, s.index, r, i) for i in range(proto.n_images)] for s in sessions]
             for s, images in zip(sessions, self._generate(params, sessions, seeds)):

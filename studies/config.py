@@ -77,7 +77,8 @@ _PROTOCOL_KEYS = {
     "height", "width", "prune", "prompt_batch",
 }  # fmt: skip
 # Settings that change what a trial measures: a study may only be resumed when they are equal.
-# How many prompts share a pipeline call does not (up to float rounding): it may change on resume.
+# How many prompts share a pipeline call only re-draws reference noise (float rounding can change a
+# liked image's pixels, and its noise is keyed by content), like another GPU would: it may change on resume.
 _EXECUTION_PROTOCOL_KEYS = ("prompt_batch",)
 _VALUE_KEYS = ("model", "scheduler", "objective", "feedback_objective", "objective_weights", "objective_options", "prompts", "protocol", "search_space")
 _DEFAULT_TEMPLATE = "pickscore"
