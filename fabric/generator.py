@@ -39,6 +39,7 @@ from fabric.attention import BiasMode, FabricAttnProcessor, FabricState, LayerRe
 from fabric.caches import PlainCallCache, ReferenceStateCache, copy_images
 from fabric.errors import InvalidParameterError
 from fabric.images import ImageLike, image_key, load_images
+from fabric.models import load_pipeline  # also quiets diffusers' vacuous cast warning
 from fabric.params import FabricParams
 from fabric.schedule import layer_weights, step_weights
 
@@ -212,8 +213,6 @@ class FabricGenerator:
                 :mod:`fabric.lora`); their negative-prompt prefix (HPS) becomes ``negative_prefix``.
             **kwargs: passed to :class:`FabricGenerator`.
         """
-        from fabric.models import load_pipeline
-
         pipe = load_pipeline(model, device=device, dtype=dtype, model_type=model_type, config=config)
         if scheduler is not None:
             from fabric.schedulers import set_scheduler

@@ -24,6 +24,21 @@ __all__ = ["load_pipeline", "detect_model_type", "read_checkpoint", "BUILTIN_MOD
 
 logger = logging.getLogger(__name__)
 
+
+class _VacuousCastWarning(logging.Filter):
+    """Drops diffusers' "modules ... should be kept in float32: []" warning.
+
+    ``ModelMixin.to`` logs it on every dtype cast, also when no module is pinned to float32 (the
+    empty list). An fp16 call logged it at every VAE upcast and at its undoing: references are
+    encoded, and SDXL images decoded, in float32. Casts that leave pinned modules keep it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_VacuousCastWarning())
+
 BUILTIN_MODELS = ("tiny", "tiny-v", "tiny-xl", "toy")
 #: values of ``model_type`` / ``--model-type``: the pipeline family of a single-file checkpoint
 MODEL_TYPES = ("sd", "xl")
