@@ -41,6 +41,7 @@ class ReferenceStateCache:
         self.hits = 0
         self.misses = 0
         self.rejected = 0  # entries not stored: no room without evicting a held image
+        self.last_entry_bytes = 0  # size of the latest entry offered, stored or not
 
     @staticmethod
     def _size(states: dict[str, torch.Tensor]) -> int:
@@ -57,6 +58,7 @@ class ReferenceStateCache:
 
     def put(self, key: tuple, states: dict[str, torch.Tensor]) -> None:
         size = self._size(states)
+        self.last_entry_bytes = size
         if size > self.max_bytes:
             self.rejected += 1
             return

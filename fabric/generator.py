@@ -177,7 +177,10 @@ class FabricGenerator:
         self.pipeline = pipeline
         self.pipeline.set_progress_bar_config(disable=True)
         self.bias_mode: BiasMode = bias_mode
+        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise InvalidParameterError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
         self.state_cache = ReferenceStateCache(cache_bytes)
+        self._warned_cache_full = False
         self._latent_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._latent_cache_size = 64
         if isinstance(plain_cache_size, bool) or not isinstance(plain_cache_size, int) or plain_cache_size < 0:
@@ -636,6 +639,20 @@ class FabricGenerator:
                 found[i] = tokens
         return found  # type: ignore[return-value]
 
+    def _warn_if_cache_full(self, rejected: int) -> None:
+        """Once per generator: this call's references did not fit the token cache, so a later
+        round (or trial) with the same references runs them through the U-Net again."""
+        cache = self.state_cache
+        if rejected == 0 or cache.max_bytes == 0 or self._warned_cache_full:
+            return
+        self._warned_cache_full = True
+        logger.warning(
+            "the reference-token cache (%.2f GiB) could not keep %d of this call's reference states (%.3g MB per "
+            "reference and step); later rounds will recompute them. Raise FabricGenerator(cache_bytes=...) or "
+            "--token-cache-gb if the device has memory to spare.",
+            cache.max_bytes / 2**30, rejected, cache.last_entry_bytes / 2**20,
+        )
+
     # U-Net inputs the fused reference pass cannot extend with reference rows
     _UNFUSABLE = (
         "timestep_cond", "class_labels", "attention_mask", "encoder_attention_mask", "cross_attention_kwargs",
@@ -758,6 +775,7 @@ class FabricGenerator:
             unet.set_attn_processor(processors)
             handle = unet.register_forward_pre_hook(pre_hook, with_kwargs=True)
             post = unet.register_forward_hook(post_hook, with_kwargs=True)
+            rejected = self.state_cache.rejected
             try:
                 with self.state_cache.hold(r.key for _, pos, neg in groups for r in pos + neg):
                     yield state
@@ -767,6 +785,7 @@ class FabricGenerator:
                 state.fresh, state.resolve = 0, None
                 unet.set_attn_processor(previous)
                 state.layers, state.recorded, state.mode = {}, {}, "off"
+            self._warn_if_cache_full(self.state_cache.rejected - rejected)
 
         return hooks()
 

@@ -278,7 +278,14 @@ class Components:
     cache_key: str = ""
 
 
-def load_components(config: "StudyConfig", device: "str | torch.device" = "cpu", dtype: "torch.dtype | None" = None, *, generator: Any = None) -> Components:
+def load_components(
+    config: "StudyConfig",
+    device: "str | torch.device" = "cpu",
+    dtype: "torch.dtype | None" = None,
+    *,
+    generator: Any = None,
+    cache_bytes: int | None = None,
+) -> Components:
     """Load the study's generator and objectives (reward models once, shared between roles).
 
     Args:
@@ -286,6 +293,8 @@ def load_components(config: "StudyConfig", device: "str | torch.device" = "cpu",
         device: where the generator and the reward models run.
         dtype: the generator's dtype (reward models stay float32).
         generator: an already loaded generator to use instead of ``config.model``.
+        cache_bytes: bound of the generator's reference-token cache (default: the generator's,
+            1 GiB); trials share it, so a larger one also reuses references across trials.
     """
     import torch
 
@@ -296,8 +305,9 @@ def load_components(config: "StudyConfig", device: "str | torch.device" = "cpu",
 
         # one first round per prompt: trials whose dropout dropped nothing reuse the baseline's
         n_prompts = len(config.protocol.prompts) + len(config.protocol.validation_prompts)
+        kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
         generator = FabricGenerator.from_pretrained(
-            config.model, device=device, dtype=dtype or torch.float32, scheduler=config.scheduler, plain_cache_size=max(4, n_prompts)
+            config.model, device=device, dtype=dtype or torch.float32, scheduler=config.scheduler, plain_cache_size=max(4, n_prompts), **kwargs
         )
     table = config.weights_table
     options = {k: dict(v) for k, v in config.objective_options.items()}
@@ -439,6 +449,7 @@ def run_study(
     runs_dir: str | Path = DEFAULT_RUNS_DIR,
     device: "str | torch.device" = "cpu",
     dtype: "torch.dtype | None" = None,
+    cache_bytes: int | None = None,
     components: Components | None = None,
     progress: StudyProgress | None = None,
     export: bool = True,
@@ -458,6 +469,7 @@ def run_study(
         runs_dir: the folder for the default journal, the baseline cache, plots and presets.
         device: where the models run.
         dtype: the generator's dtype.
+        cache_bytes: bound of the generator's reference-token cache (see :func:`load_components`).
         components: already loaded models (tests, notebooks); ``config.model`` is then not loaded.
         progress: receives progress events.
         export: write the recommendation's presets and the plots at the end.
@@ -487,7 +499,7 @@ def run_study(
 
     # 2. Models (slow; a failure here still leaves nothing behind)
     if components is None:
-        components = load_components(config, device, dtype)
+        components = load_components(config, device, dtype, cache_bytes=cache_bytes)
     run_dir = runs_dir / name
     evaluator = make_evaluator(config, components)
 

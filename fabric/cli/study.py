@@ -89,6 +89,7 @@ def study(
     runs_dir: Path = RUNS_DIR,
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
+    token_cache_gb: Optional[float] = options.TOKEN_CACHE_GB,
 ) -> None:
     """Run (or resume) a study: tune FABRIC's parameters against an objective, track every trial in
     MLflow, and write the recommended preset."""
@@ -116,11 +117,14 @@ def study(
     tracker = make_tracker(tracking_uri)
     spec = StorageSpec.parse(storage, runs_dir)
     dev, dt = options.resolve_device_dtype(device, dtype)
+    cache_bytes = options.token_cache_bytes(token_cache_gb)
 
     # 2. Run, with progress bars on stderr and the summary on stdout
     _quiet_libraries()
     with _RichProgress(_console(stderr=True)) as progress:
-        outcome = run_study(config, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, progress=progress)
+        outcome = run_study(
+            config, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, cache_bytes=cache_bytes, progress=progress
+        )
     _print_summary(outcome)
 
 
@@ -267,6 +271,7 @@ def report(
     showcase: int = typer.Option(1, "--showcase", help="Held-out prompts in showcase.png (first and final rounds, no feedback vs the defaults vs tuned); 0 for none."),
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
+    token_cache_gb: Optional[float] = options.TOKEN_CACHE_GB,
 ) -> None:
     """Report on a study: best and recommended parameters, held-out comparison with the paper's and
     the A1111 defaults (paired difference, bootstrap CI), parameter importances, plots."""
@@ -279,6 +284,7 @@ def report(
     spec = StorageSpec.parse(storage, runs_dir)
     tracker = make_tracker(tracking_uri)
     dev, dt = options.resolve_device_dtype(device, dtype)
+    cache_bytes = options.token_cache_bytes(token_cache_gb)
     opt_study, config = open_study(name, spec)
     _quiet_libraries()
     needs_models = (compare and config.protocol.validation_prompts and config.compare_with) or extra_seeds > 0
@@ -286,7 +292,7 @@ def report(
     with _RichProgress(_console(stderr=True)) as progress:
         if needs_models:
             check_objectives(config)
-            components = load_components(config, dev, dt)
+            components = load_components(config, dev, dt, cache_bytes=cache_bytes)
             evaluator = make_evaluator(config, components, Path(runs_dir) / name / "baseline-cache.json")
             progress.evaluating("held-out comparison: generating")
             evaluator.on_round = lambda p, r, images, scores: progress.bar.advance(progress.status)

@@ -26,6 +26,7 @@ def worker(
     tracking_uri: str = TRACKING_URI,
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
+    token_cache_gb: Optional[float] = options.TOKEN_CACHE_GB,
 ) -> None:
     """Join a study as another worker: read its settings from the storage, load the models, and run
     trials until the study's budget is spent (trials of dead workers on this host are re-run)."""
@@ -37,9 +38,12 @@ def worker(
     spec = StorageSpec.parse(storage, runs_dir)
     tracker = make_tracker(tracking_uri)
     dev, dt = options.resolve_device_dtype(device, dtype)
+    cache_bytes = options.token_cache_bytes(token_cache_gb)
     _, config = open_study(name, spec)
     check_objectives(config)
     _quiet_libraries()
     with _RichProgress(_console(stderr=True)) as progress:
-        outcome = run_study(config, name=name, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, progress=progress)
+        outcome = run_study(
+            config, name=name, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, cache_bytes=cache_bytes, progress=progress
+        )
     _print_summary(outcome)

@@ -3,6 +3,8 @@
 Timing is never tested here; ``python -m bench.generator`` measures it.
 """
 
+import logging
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from bench.flops import attn1_layers, component_flops, estimate_flops
 from fabric import FabricParams
 from fabric.attention import FabricAttnProcessor, FabricState
 from fabric.caches import ReferenceStateCache
+from fabric.errors import InvalidParameterError
 from fabric.generator import FabricGenerator
 
 
@@ -106,7 +109,11 @@ def test_held_entries_are_never_evicted_and_the_rest_goes_least_recent_first():
     assert len(cache) == 3 and cache.nbytes == 48
 
 
-def test_a_small_cache_still_serves_the_next_round_and_changes_nothing(tiny_generator, solid_images):
+def _cache_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "reference-token cache" in r.getMessage()]
+
+
+def test_a_small_cache_still_serves_the_next_round_and_changes_nothing(tiny_generator, solid_images, caplog):
     pipe = tiny_generator.pipeline
     params = FabricParams(steps=4, max_weight=0.8, feedback_end=1.0)
     red, green, blue, yellow = (solid_images[c] for c in ("red", "green", "blue", "yellow"))
@@ -116,7 +123,9 @@ def test_a_small_cache_still_serves_the_next_round_and_changes_nothing(tiny_gene
     per_image = probe.state_cache.nbytes  # one reference over the whole schedule
     gen = FabricGenerator(pipe, cache_bytes=int(2.5 * per_image))  # room for 2.5 of the 4 references
     kw = dict(params=params, n_images=1, seed=4, output_type="latent")
+    caplog.set_level(logging.WARNING, logger="fabric.generator")
     gen.generate("x", liked=[red], disliked=[blue], **kw)
+    assert gen.state_cache.rejected == 0 and not _cache_warnings(caplog)
     hits = gen.state_cache.hits
     second = gen.generate("x", liked=[red, green], disliked=[blue, yellow], **kw)
     # round 2 finds both references of round 1 at every step, although it cannot store all of its own
@@ -125,9 +134,18 @@ def test_a_small_cache_still_serves_the_next_round_and_changes_nothing(tiny_gene
     hits = gen.state_cache.hits
     third = gen.generate("x", liked=[red, green], disliked=[blue, yellow], **kw)
     assert gen.state_cache.hits - hits >= 2 * params.steps
+    # said once, with the fix: the third call's rejections are not logged again
+    (warning,) = _cache_warnings(caplog)
+    assert "cache_bytes" in warning and "--token-cache-gb" in warning
     expected = uncached.generate("x", liked=[red, green], disliked=[blue, yellow], **kw)
     torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(third, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, None])
+def test_cache_bytes_must_be_a_non_negative_integer(bad, tiny_generator):
+    with pytest.raises(InvalidParameterError, match="cache_bytes"):
+        FabricGenerator(tiny_generator.pipeline, cache_bytes=bad)
 
 
 def test_fabric_on_a_channels_last_unet_gives_the_same_images(tiny_generator, solid_images):

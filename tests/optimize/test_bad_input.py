@@ -34,6 +34,8 @@ CASES = [
     (["study", "--study", "{d}/bad.yaml"], {"bad.yaml": STUDY_NO_ROUNDS}, "rounds"),
     (["study", "--study", "tiny", "--trials", "-3"], {}, "trials"),
     (["study", "--study", "tiny", "--prompt-batch", "0"], {}, "prompt_batch"),
+    (["study", "--study", "tiny", "--token-cache-gb", "-1"], {}, "--token-cache-gb"),
+    (["study", "--study", "tiny", "--token-cache-gb", "nan"], {}, "--token-cache-gb"),
     # prompt files
     (["study", "--study", "tiny", "--prompts", "{d}/empty.txt"], {"empty.txt": ""}, "prompt"),
     (["study", "--study", "tiny", "--prompts", "{d}/missing.txt"], {}, "missing.txt"),

@@ -188,3 +188,10 @@ def test_target_image_study_on_the_tiny_model(tiny_generator, tmp_path):
     assert len(trial.user_attrs["round_metrics"]["score/target"]) == 2
     with pytest.raises(ConfigError, match="compares with a target image"):
         load_components(config.replace(feedback_objective="pickscore", objective_weights={"target": "tiny", "pickscore": "tiny"}), generator=tiny_generator)
+
+
+def test_the_token_cache_bound_reaches_the_study_generator():
+    """``--token-cache-gb`` -> run_study -> load_components -> the loaded generator."""
+    config = load_study_config("tiny", SMALL)
+    assert load_components(config, cache_bytes=3 << 20).generator.state_cache.max_bytes == 3 << 20
+    assert load_components(config).generator.state_cache.max_bytes == 1 << 30  # the generator's default
