@@ -864,6 +864,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "argv": list(sys.argv[1:] if argv is None else argv), "models": {}}
     logger.info("machine: %s", results["machine"])
+
+    def save() -> None:
+        """After every part: a run stopped by a time limit keeps what it measured."""
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
     for text in models.split(","):
         name, size = _parse_model(text.strip())
         cfg = BenchConfig(
@@ -887,18 +894,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
         gen = FabricGenerator(pipe, cache_bytes=int(cfg.cache_gb * 2**30), bias_mode=cfg.bias_mode, fuse_reference_pass=cfg.fuse)
         logger.info("%s built in %.1f s", name, time.perf_counter() - t0)
         res: dict = {"config": asdict(cfg)}
+        results["models"][f"{name}:{size}"] = res
         if "backends" in parts:
             res["backends"] = backends(gen, cfg)
             logger.info("backends: %s", res["backends"])
+            save()
         if "headroom" in parts:
             res["headroom"] = headroom(gen, cfg)
             logger.info("headroom: %s", res["headroom"])
+            save()
         if "syncs" in parts and cfg.device == "cuda":
             res["syncs"] = syncs(gen, cfg)
             logger.info("host-device syncs per call: %s", res["syncs"])
+            save()
         if "throughput" in parts:
             res["throughput"] = throughput(gen, cfg)
             _log_table(f"{name} {size}x{size} {dtype} batch {cfg.batch}, {cfg.steps} steps", res)
+            save()
         if "rounds" in parts:
             factor = pipe.vae_scale_factor
             per_entry = entry_bytes(pipe.unet.config, (size // factor, size // factor), cfg.torch_dtype.itemsize)
@@ -911,15 +923,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 del budgets["default 1 GiB at SD 1.5 512x512 scale"]
             res["rounds"] = rounds(gen, cfg, budgets)
             logger.info("rounds: %s", res["rounds"])
+            save()
         if "options" in parts:
             res["options"] = options(gen, cfg, [o.strip() for o in args.options.split(",") if o.strip()])
-        results["models"][f"{name}:{size}"] = res
+            save()
         del gen, pipe
         if args.device == "cuda":
             torch.cuda.empty_cache()
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
     return results
 
 

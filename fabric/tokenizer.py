@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import importlib.util
 from pathlib import Path
 
 __all__ = ["offline_clip_tokenizer", "clip_bpe_vocab"]
@@ -29,10 +30,15 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 @functools.lru_cache(maxsize=1)
 def clip_bpe_vocab() -> tuple[dict[str, int], tuple[str, ...]]:
-    """``(vocab, merges)`` of CLIP's BPE, read from open_clip's packaged file."""
-    import open_clip
+    """``(vocab, merges)`` of CLIP's BPE, read from open_clip's packaged file.
 
-    path = Path(open_clip.__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
+    The file is found without importing open_clip, which would load timm and torchvision (and
+    needs ftfy) for nothing but a path.
+    """
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("the offline CLIP tokenizer reads its vocabulary from open_clip: pip install open_clip_torch")
+    path = Path(spec.origin).with_name("bpe_simple_vocab_16e6.txt.gz")
     lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
     # same slice as CLIP's SimpleTokenizer: skip the header, keep 49152 - 256 - 2 merges
     merges = tuple(lines[1 : 49152 - 256 - 2 + 1])

@@ -160,3 +160,24 @@ def test_fabric_on_a_channels_last_unet_gives_the_same_images(tiny_generator, so
     finally:
         unet.to(memory_format=torch.contiguous_format)
     torch.testing.assert_close(channels_last, contiguous, rtol=1e-4, atol=1e-4)
+
+
+def test_the_generator_benchmark_runs_and_saves_what_it_measured(tmp_path):
+    """``python -m bench.generator`` end to end on the tiny model (bench/gpu_session.sh runs it on CUDA)."""
+    import json
+
+    from bench.generator import main
+
+    out = tmp_path / "bench.json"
+    args = ["--models", "tiny", "--batch", "1", "--steps", "2", "--refs", "0,1", "--repeats", "1", "--threads", "1"]
+    try:
+        main([*args, "--parts", "throughput", "--json", str(out)])
+    finally:
+        torch.set_flush_denormal(False)  # main() turns it on for the process
+    saved = json.loads(out.read_text())
+    run = saved["models"]["tiny:64"]["throughput"]
+    assert run["plain"]["images_per_s"] > 0
+    assert set(run["fabric"]) == {"0+0", "1+1"}
+    one = run["fabric"]["1+1"]
+    assert one["flop_ratio"] > 1 and one["active_steps"] > 0
+    assert one["time_over_bound_wall"] == pytest.approx(one["ratio_wall"] / one["flop_ratio"])
