@@ -102,8 +102,9 @@ def generate(
 
     with Progress(transient=True) as bar:
         task = bar.add_task("loading model", total=None)
+        # one call: no later round could reuse recorded reference tokens, so keep none
         gen = FabricGenerator.from_pretrained(
-            model, device=dev, dtype=dt, scheduler=scheduler, model_type=model_type, config=config, lora=loras
+            model, device=dev, dtype=dt, scheduler=scheduler, model_type=model_type, config=config, lora=loras, cache_bytes=0
         )
         bar.update(task, description="denoising", total=params.steps, completed=0)
         images = gen.generate(
