@@ -574,6 +574,12 @@ def run_study(
     cache = getattr(components.generator, "plain_cache", None)
     if cache is not None and cache.hits + cache.misses:
         logger.info("calls without feedback (first rounds, baseline): %d reused, %d generated", cache.hits, cache.misses)
+    tokens = getattr(components.generator, "state_cache", None)
+    if tokens is not None and tokens.hits + tokens.misses:
+        logger.info(
+            "reference tokens (one reference at one step): %d reused, %d recorded, %d not kept (--token-cache-gb)",
+            tokens.hits, tokens.misses, tokens.rejected,
+        )
 
     # 5. Recommendation, presets, plots
     progress.finishing()
