@@ -308,10 +308,7 @@ class FabricGenerator:
         prompts = self._dropout(prompts, seeds, params)
 
         # 4. Seeds -> generators (CPU generators: the same images on every device)
-        if isinstance(seed, int):
-            generator: torch.Generator | list[torch.Generator] = torch.Generator("cpu").manual_seed(seed)
-        else:
-            generator = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        generator = self._generators(seed if isinstance(seed, int) else seeds)
         self.last_seeds = seeds
 
         call = self._call(params, generator, height, width, output_type)
@@ -399,7 +396,7 @@ class FabricGenerator:
             negatives = [n for t in todo for n in t.negatives]
             seeds = [s for t in todo for s in t.seeds]
             groups = [(len(t.seeds), self._references(t.liked, height, width), self._references(t.disliked, height, width)) for t in todo]
-            call.update(prompt=prompts, negative_prompt=negatives, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds])
+            call.update(prompt=prompts, negative_prompt=negatives, generator=self._generators(seeds))
             images = self._denoise(call, groups, params, prompts, negatives, seeds)
             start = 0
             for t in todo:
@@ -451,6 +448,13 @@ class FabricGenerator:
         return bool(liked or disliked) and params.max_weight > 0
 
     @staticmethod
+    def _generators(seed: int | Sequence[int]) -> torch.Generator | list[torch.Generator]:
+        """CPU generators (the same images on every device): one for the batch, or one per image."""
+        if isinstance(seed, int):
+            return torch.Generator("cpu").manual_seed(seed)
+        return [torch.Generator("cpu").manual_seed(s) for s in seed]
+
+    @staticmethod
     def _call(params: FabricParams, generator, height: int, width: int, output_type: str) -> dict:
         return dict(
             num_inference_steps=params.steps,
@@ -472,12 +476,14 @@ class FabricGenerator:
             type(scheduler).__name__, repr(sorted(dict(scheduler.config).items())),
         )
 
-    def _denoise(self, call: dict, groups: list[_Group], params: FabricParams, prompts, negatives, seed):
-        """Run the pipeline; on out-of-memory with per-image seeds, retry in two halves.
+    def _denoise(self, call: dict, groups: list[_Group], params: FabricParams, prompts, negatives, seed, *, may_drop_cache: bool = True):
+        """Run the pipeline; on out-of-memory, free the token cache and retry, then retry in halves.
 
-        ``groups`` are ``(images, liked references, disliked references)`` in batch order. Per-image
-        seeds make the halves produce exactly the images of the full batch; with one seed for the
-        whole batch the latents depend on the batch size, so the error is raised.
+        ``groups`` are ``(images, liked references, disliked references)`` in batch order. Cached
+        reference tokens are only a speed-up, so their memory goes to the call first (once). Then,
+        with per-image seeds, the batch is split in two halves, which produce exactly the images of
+        the full batch; with one seed for the whole batch the latents depend on the batch size, so
+        the error is raised.
         """
         n = len(prompts)
         try:
@@ -486,18 +492,23 @@ class FabricGenerator:
             with self._fabric_hooks(groups, params):
                 return self._images(self.pipeline(**call))
         except torch.OutOfMemoryError:
-            if isinstance(seed, int) or n == 1:
+            cached = self.state_cache.nbytes if may_drop_cache else 0
+            if not cached and (isinstance(seed, int) or n == 1):
                 raise
+        self.state_cache.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+        if cached:
+            logger.warning("out of memory with %d images per batch; retrying without the %.0f MB of cached reference tokens", n, cached / 2**20)
+            # fresh generators: the failed attempt already drew the initial latents from the old ones
+            retry = dict(call, generator=self._generators(seed))
+            return self._denoise(retry, groups, params, prompts, negatives, seed, may_drop_cache=False)
         half = (n + 1) // 2
         logger.warning("out of memory with %d images per batch; retrying in batches of %d", n, half)
         outputs = []
         for rows, part in zip((slice(0, half), slice(half, n)), _split_groups(groups, half)):
             sub = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt", "num_images_per_prompt")}
-            # fresh generators: the failed attempt already drew the initial latents from the old ones
-            fresh = [torch.Generator("cpu").manual_seed(s) for s in list(seed)[rows]]
-            sub.update(prompt=prompts[rows], negative_prompt=negatives[rows], generator=fresh)
+            sub.update(prompt=prompts[rows], negative_prompt=negatives[rows], generator=self._generators(list(seed)[rows]))
             outputs.append(self._denoise(sub, part, params, prompts[rows], negatives[rows], list(seed)[rows]))
         if isinstance(outputs[0], torch.Tensor):
             return torch.cat(outputs)

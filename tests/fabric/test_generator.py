@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +174,34 @@ def test_unknown_model_is_a_load_error():
         load_pipeline("./no/such/model")
     with pytest.raises(ModelLoadError, match="not found"):
         load_pipeline("missing.safetensors")
+
+
+def test_out_of_memory_first_frees_the_token_cache_and_retries_the_whole_batch(tiny_generator, solid_images, caplog):
+    from fabric.generator import FabricGenerator
+
+    red, blue = solid_images["red"], solid_images["blue"]
+    kw = dict(liked=[red], disliked=[blue], params=P, n_images=2, seed=7, output_type="latent")  # one seed: no split possible
+    expected = FabricGenerator(tiny_generator.pipeline, cache_bytes=0).generate("x", **kw)
+    gen = FabricGenerator(tiny_generator.pipeline)
+    gen.generate("x", liked=[red], params=P, n_images=1, seed=0, output_type="latent")  # fills the cache
+    cached = gen.state_cache.nbytes
+    assert cached > 0
+    raised = []
+
+    def oom_while_tokens_are_cached(module, args):
+        if not raised and gen.state_cache.nbytes:
+            raised.append(gen.state_cache.nbytes)
+            raise torch.OutOfMemoryError("simulated CUDA out of memory")
+
+    handle = tiny_generator.pipeline.unet.register_forward_pre_hook(oom_while_tokens_are_cached)
+    try:
+        with caplog.at_level(logging.WARNING, logger="fabric.generator"):
+            got = gen.generate("x", **kw)
+    finally:
+        handle.remove()
+    assert raised == [cached]
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    assert any("without the" in r.getMessage() and "cached reference tokens" in r.getMessage() for r in caplog.records)
 
 
 def test_out_of_memory_retries_in_halves_with_identical_images(tiny_generator, solid_images):
