@@ -72,6 +72,13 @@ class _Reference:
 _Group = tuple[int, list[_Reference], list[_Reference]]
 
 
+def _integer(name: str, value: object, *, positive: bool) -> int:
+    """``value`` if it is a positive (or non-negative) integer, not a bool; else :class:`InvalidParameterError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < int(positive):
+        raise InvalidParameterError(f"{name} must be a {'positive' if positive else 'non-negative'} integer, got {value!r}")
+    return value
+
+
 def _split_groups(groups: list[_Group], at: int) -> tuple[list[_Group], list[_Group]]:
     """The groups of batch rows ``[0, at)`` and ``[at, n)``; a group across ``at`` is cut in two."""
     first: list[_Group] = []
@@ -177,15 +184,11 @@ class FabricGenerator:
         self.pipeline = pipeline
         self.pipeline.set_progress_bar_config(disable=True)
         self.bias_mode: BiasMode = bias_mode
-        if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise InvalidParameterError(f"cache_bytes must be a non-negative integer, got {cache_bytes!r}")
-        self.state_cache = ReferenceStateCache(cache_bytes)
+        self.state_cache = ReferenceStateCache(_integer("cache_bytes", cache_bytes, positive=False))
         self._warned_cache_full = False
         self._latent_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._latent_cache_size = 64
-        if isinstance(plain_cache_size, bool) or not isinstance(plain_cache_size, int) or plain_cache_size < 0:
-            raise InvalidParameterError(f"plain_cache_size must be a non-negative integer, got {plain_cache_size!r}")
-        self.plain_cache = PlainCallCache(plain_cache_size)
+        self.plain_cache = PlainCallCache(_integer("plain_cache_size", plain_cache_size, positive=False))
         if fuse_reference_pass is not None and not isinstance(fuse_reference_pass, bool):
             raise InvalidParameterError(f"fuse_reference_pass must be True, False or None, got {fuse_reference_pass!r}")
         self.fuse_reference_pass = fuse_reference_pass
@@ -294,8 +297,7 @@ class FabricGenerator:
         """
         # 1. Check inputs
         params = self._check_params(params)
-        if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-            raise InvalidParameterError(f"n_images must be a positive integer, got {n_images!r}")
+        _integer("n_images", n_images, positive=True)
         prompts = self._per_image("prompt", prompt, n_images)
         negatives = self._with_prefix(self._per_image("negative_prompt", negative_prompt, n_images))
         seeds = self._seeds(seed, n_images)
@@ -654,7 +656,7 @@ class FabricGenerator:
         """Once per generator: this call's references did not fit the token cache, so a later
         round (or trial) with the same references runs them through the U-Net again."""
         cache = self.state_cache
-        if rejected == 0 or cache.max_bytes == 0 or self._warned_cache_full:
+        if rejected == 0 or self._warned_cache_full:
             return
         self._warned_cache_full = True
         logger.warning(
