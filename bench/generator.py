@@ -887,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             cache_gb=args.cache_gb,
             rounds=args.rounds,
         )
-        from fabric.generator import FabricGenerator
+        from fabric.fabric_generator import FabricGenerator
 
         t0 = time.perf_counter()
         pipe = build_pipeline(name, args.device, cfg.torch_dtype, cfg.seed)

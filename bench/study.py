@@ -46,9 +46,9 @@ def run_once(
     """Run ``study`` with ``trials`` trials into a fresh temp folder; time it and count U-Net calls."""
     import torch
 
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
     from optimize.study import load_components, run_study
-    from studies import load_study_config
+    from optimize.config import load_study_config
 
     overrides = {"trials": trials, "seed": seed, "protocol": {"prompt_batch": prompt_batch}}
     if sampler is not None:

@@ -58,8 +58,8 @@ def prompt_following(gen, cfg: BenchConfig) -> dict:
     import torch
 
     from fabric.params import FabricParams
-    from fabric.toy.rewards import HEADS, load_attribute_classifier, load_toy_clip
-    from fabric.toy.scenes import caption, held_out_scenes, render, sample_scenes
+    from toyworld.rewards import HEADS, load_attribute_classifier, load_toy_clip
+    from toyworld.scenes import caption, held_out_scenes, render, sample_scenes
 
     classifier, clip = load_attribute_classifier(), load_toy_clip()
     params = FabricParams(steps=cfg.steps, guidance_scale=cfg.guidance_scale)
@@ -122,7 +122,7 @@ def feedback_steering(gen, cfg: BenchConfig, max_weight: float | None = None, ou
     import torch
 
     from fabric.params import FabricParams
-    from fabric.toy.rewards import get_taste, load_attribute_classifier
+    from toyworld.rewards import get_taste, load_attribute_classifier
 
     classifier = load_attribute_classifier()
     params = FabricParams(steps=cfg.steps, guidance_scale=cfg.guidance_scale,
@@ -164,7 +164,7 @@ def feedback_steering(gen, cfg: BenchConfig, max_weight: float | None = None, ou
 
 def named_attributes(prompt: str) -> dict[str, str]:
     """The attributes a toy prompt names for its (first) shape and background: head -> class."""
-    from fabric.toy.scenes import BACKGROUNDS, SHAPES, SIZES
+    from toyworld.scenes import BACKGROUNDS, SHAPES, SIZES
 
     shape_part, _, rest = prompt.partition(" on a ")
     words = shape_part.split()
@@ -192,10 +192,10 @@ def tuning_cost(study: str, presets: dict[str, Path]) -> dict:
     import torch
 
     from fabric.preset import load_params
-    from fabric.toy.rewards import HEADS, load_attribute_classifier
+    from toyworld.rewards import HEADS, load_attribute_classifier
     from optimize.samplers import DEFAULT_PRESETS
     from optimize.study import load_components, make_evaluator
-    from studies import load_study_config
+    from optimize.config import load_study_config
 
     config = load_study_config(study)
     evaluator = make_evaluator(config, load_components(config))
@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch
 
     from fabric import FabricGenerator
-    from fabric.toy.model import build_toy_pipeline
+    from toyworld.model import build_toy_pipeline
 
     torch.set_num_threads(args.threads)
     overrides = {"tastes": args.tastes, "feedback_prompts": args.prompts, "n_prompts": args.n_prompts}

@@ -14,13 +14,13 @@ __all__ = ["FabricParams", "FabricGenerator", "FabricOptError", "GenerationReque
 __version__ = "0.1.0"
 
 _LAZY = {
-    "FabricGenerator": "fabric.generator",
-    "GenerationRequest": "fabric.generator",
+    "FabricGenerator": "fabric.fabric_generator",
+    "GenerationRequest": "fabric.fabric_generator",
     "IterativeFeedbackGenerator": "fabric.iterative",
 }
 
 if TYPE_CHECKING:
-    from fabric.generator import FabricGenerator, GenerationRequest
+    from fabric.fabric_generator import FabricGenerator, GenerationRequest
     from fabric.iterative import IterativeFeedbackGenerator
 
 

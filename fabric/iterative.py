@@ -2,7 +2,7 @@
 
 :class:`IterativeFeedbackGenerator` keeps the original FABRIC API (``generate``,
 ``give_feedback``, ``reset``, ``prompt_dropout``) so existing FABRIC code runs unchanged.
-:class:`FeedbackSession` is the same idea on :class:`~fabric.generator.FabricGenerator` with
+:class:`FeedbackSession` is the same idea on :class:`~fabric.fabric_generator.FabricGenerator` with
 :class:`~fabric.params.FabricParams`, which the optimisation protocols use.
 """
 
@@ -14,7 +14,9 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from fabric.generator import AttentionBasedGenerator, FabricGenerator, _stable_seed, drop_words
+from fabric.fabric_generator import FabricGenerator, drop_words
+from fabric.generator import AttentionBasedGenerator
+from fabric.seeds import stable_seed
 from fabric.images import ImageLike, load_images
 from fabric.params import FabricParams
 
@@ -26,7 +28,7 @@ class IterativeFeedbackGenerator:
 
     Args:
         generator: an :class:`~fabric.generator.AttentionBasedGenerator` or a
-            :class:`~fabric.generator.FabricGenerator`.
+            :class:`~fabric.fabric_generator.FabricGenerator`.
         init_liked: images liked before the first round (kept across :meth:`reset`).
         init_disliked: images disliked before the first round.
     """
@@ -67,7 +69,7 @@ class IterativeFeedbackGenerator:
         """
         if seed is None:
             seed = secrets.randbelow(2**31)
-        prompts = [drop_words(prompt, prompt_dropout, _stable_seed("dropout", seed, i)) for i in range(n_images)]
+        prompts = [drop_words(prompt, prompt_dropout, stable_seed("dropout", seed, i)) for i in range(n_images)]
         if isinstance(self.generator, FabricGenerator):
             images = self.generator.generate(
                 prompts, liked=self.liked, disliked=self.disliked, n_images=n_images, seed=seed, **kwargs

@@ -16,7 +16,7 @@ Each file becomes a named adapter; all loaded adapters stay active with their ow
 
 The HPS LoRA was trained with "Weird image. " as a negative prompt for non-preferred images; its
 authors require that prefix on the negative prompt at inference. :attr:`LoraInfo.negative_prefix`
-carries it, and :class:`~fabric.generator.FabricGenerator` applies it.
+carries it, and :class:`~fabric.fabric_generator.FabricGenerator` applies it.
 """
 
 from __future__ import annotations

@@ -1,5 +1,10 @@
 """Loading Stable Diffusion pipelines: hub id, local diffusers folder, single checkpoint file,
-or a built-in model (``"tiny"``, ``"tiny-v"``, ``"tiny-xl"``, ``"toy"``).
+or a named model from the registry (``"tiny"``, ``"tiny-v"``, ``"tiny-xl"``, and ``"toy"`` from
+the toy world).
+
+Named models come from a small registry: :func:`register_model` adds one in-process, and
+installed packages add theirs through the ``fabric_opt.models`` entry-point group (the toy world
+registers ``"toy"`` that way), so this package never imports the packages that build on it.
 
 Single-file checkpoints (``.safetensors`` / ``.ckpt`` in the original LDM/CompVis layout, as
 A1111 and ComfyUI use them) go through diffusers' ``from_single_file``. Their family is read
@@ -15,12 +20,22 @@ import json
 import logging
 import zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from fabric.errors import ModelLoadError
 
-__all__ = ["load_pipeline", "detect_model_type", "read_checkpoint", "BUILTIN_MODELS", "MODEL_TYPES"]
+__all__ = [
+    "load_pipeline",
+    "detect_model_type",
+    "read_checkpoint",
+    "register_model",
+    "available_models",
+    "BUILTIN_MODELS",
+    "MODEL_TYPES",
+    "ENTRY_POINT_GROUP",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +54,13 @@ class _VacuousCastWarning(logging.Filter):
 
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_VacuousCastWarning())
 
-BUILTIN_MODELS = ("tiny", "tiny-v", "tiny-xl", "toy")
+#: the random-weight models built in code by :mod:`fabric.tiny` (always available)
+BUILTIN_MODELS = ("tiny", "tiny-v", "tiny-xl")
+#: entry-point group through which installed packages register named models
+ENTRY_POINT_GROUP = "fabric_opt.models"
+# a builder takes (device, dtype) keywords and returns a diffusers pipeline
+ModelBuilder = Callable[..., object]
+_REGISTRY: dict[str, ModelBuilder] = {}
 #: values of ``model_type`` / ``--model-type``: the pipeline family of a single-file checkpoint
 MODEL_TYPES = ("sd", "xl")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
@@ -81,8 +102,9 @@ def load_pipeline(
     single_file = path.suffix.lower() in SINGLE_FILE_SUFFIXES
     if (model_type is not None or config is not None) and not single_file:
         raise ModelLoadError("model_type and config apply to single-file checkpoints (.safetensors/.ckpt) only")
-    if name in BUILTIN_MODELS:
-        return _builtin(name, device, dtype)
+    builder = _named_builder(name)
+    if builder is not None:
+        return builder(device=device, dtype=dtype)
     if single_file:
         if not path.is_file():
             raise ModelLoadError(f"checkpoint file not found: {path}")
@@ -93,22 +115,56 @@ def load_pipeline(
         return _from_pretrained(str(path), device, dtype)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelLoadError(
-            f"unknown model {name!r}: expected one of {', '.join(BUILTIN_MODELS)}, a diffusers folder, "
+            f"unknown model {name!r}: expected one of {', '.join(available_models())}, a diffusers folder, "
             "a .safetensors/.ckpt file, or a hub id like 'org/name'"
         )
     return _from_pretrained(name, device, dtype)
 
 
-def _builtin(name: str, device, dtype):
-    if name == "toy":
-        try:
-            from fabric.toy.model import build_toy_pipeline
-        except ImportError as exc:  # the toy world ships separately from the core generator
-            raise ModelLoadError(f"the 'toy' model is not available in this installation ({exc})") from None
-        return build_toy_pipeline(device=device, dtype=dtype)
-    from fabric.tiny import TINY_MODELS
+def register_model(name: str, builder: ModelBuilder, *, override: bool = False) -> None:
+    """Make ``load_pipeline(name)`` call ``builder(device=..., dtype=...)``.
 
-    return TINY_MODELS[name](device=device, dtype=dtype)
+    Args:
+        name: the model name, e.g. ``"toy"``; it must not look like a path or a hub id.
+        builder: returns a diffusers text-to-image pipeline on the given device and dtype.
+        override: replace an existing registration instead of raising.
+    """
+    if not name or "/" in name or name.startswith((".", "~")) or Path(name).suffix.lower() in SINGLE_FILE_SUFFIXES:
+        raise ValueError(f"invalid model name {name!r}: it would be read as a path or hub id")
+    if (name in _REGISTRY or name in BUILTIN_MODELS) and not override:
+        raise ValueError(f"model {name!r} is already registered; pass override=True to replace it")
+    _REGISTRY[name] = builder
+
+
+def _entry_points() -> dict[str, object]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_models() -> list[str]:
+    """Names :func:`load_pipeline` resolves without a path: built-in, registered and installed."""
+    return list(dict.fromkeys([*BUILTIN_MODELS, *_REGISTRY, *sorted(_entry_points())]))
+
+
+def _named_builder(name: str) -> ModelBuilder | None:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in BUILTIN_MODELS:
+        from fabric.tiny import TINY_MODELS
+
+        return TINY_MODELS[name]
+    if "/" in name or Path(name).suffix:
+        return None
+    entry = _entry_points().get(name)
+    if entry is None:
+        return None
+    try:
+        builder = entry.load()  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ModelLoadError(f"model {name!r} is registered by {entry.value} but cannot be imported: {exc}") from None  # type: ignore[attr-defined]
+    _REGISTRY[name] = builder
+    return builder
 
 
 def _first_line(exc: BaseException) -> str:

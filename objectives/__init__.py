@@ -19,16 +19,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from objectives.base import (
-    Objective,
-    available_objectives,
-    check_available,
-    load_objective,
-    register_objective,
-)
+from objectives.base import Objective, RewardModel
+from objectives.registry import available_objectives, load_objective, register_objective
 
 __all__ = [
     "Objective",
+    "RewardModel",
     "CompositeObjective",
     "MultiObjective",
     "RewardFunction",
@@ -45,13 +41,14 @@ _LAZY = {
     "CompositeObjective": "objectives.composite",
     "MultiObjective": "objectives.composite",
     "parse_objective": "objectives.composite",
+    "check_available": "objectives.composite",
     "RewardFunction": "objectives.rl",
     "make_reward_fn": "objectives.rl",
     "env_var": "objectives.weights",
 }
 
 if TYPE_CHECKING:
-    from objectives.composite import CompositeObjective, MultiObjective, parse_objective
+    from objectives.composite import CompositeObjective, MultiObjective, check_available, parse_objective
     from objectives.rl import RewardFunction, make_reward_fn
     from objectives.weights import env_var
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from fabric.errors import InvalidParameterError, ModelLoadError
 from objectives.backbone import TINY_SEED, seeded
-from objectives.base import Objective, check_batch_size, placement, register_objective
+from objectives.base import RewardModel, check_batch_size, placement
+from objectives.registry import register_objective
 from objectives.clip import ClipBackbone, load_hf_clip
 from objectives.weights import SPECIAL, ResolvedWeights, WeightSource, load_state_dict, resolve_weights
 
@@ -117,7 +118,7 @@ def _build_head(resolved: ResolvedWeights, head: str, dim: int, device: torch.de
 
 
 @register_objective("aesthetic")
-class AestheticScore(Objective):
+class AestheticScore(RewardModel):
     """LAION aesthetic score of each image (the prompt is ignored)."""
 
     uses_prompt = False

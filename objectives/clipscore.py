@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from objectives.base import Objective, check_batch_size, placement, register_objective
+from objectives.base import RewardModel, check_batch_size, placement
+from objectives.registry import register_objective
 from objectives.clip import ClipBackbone, load_hf_clip
 from objectives.weights import ResolvedWeights, WeightSource, resolve_weights
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["PromptSimilarity", "CLIPScore"]
 
 
-class PromptSimilarity(Objective):
+class PromptSimilarity(RewardModel):
     """``scale * cos(image embedding, prompt embedding)`` with a CLIP backbone.
 
     Subclasses name their weights (``source``), the architecture of bare checkpoints

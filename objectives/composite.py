@@ -10,7 +10,7 @@ Weighted sums, how terms are combined (:class:`CompositeObjective`):
 
 1. **standardised** (default, ``normalize=True``): each term's raw score ``s`` becomes
    ``(s - location) / scale`` with the objective's documented typical ``(location, scale)``
-   over Stable Diffusion images (``Objective.typical``; e.g. PickScore (21, 1), aesthetic
+   over Stable Diffusion images (``RewardModel.typical``; e.g. PickScore (21, 1), aesthetic
    (5.5, 0.5), HPS v2 (0.27, 0.015), diversity (80, 5)). A weight of 1 then means "one typical
    spread", so ``pickscore+0.5*aesthetic`` values PickScore twice as much as aesthetics whatever
    their raw units. ``normalize=False`` adds raw scores instead.
@@ -29,22 +29,15 @@ import math
 import re
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from fabric.errors import ConfigError, InvalidParameterError
-from objectives.base import (
-    Objective,
-    available_objectives,
-    canonical_name,
-    check_images,
-    expand_prompts,
-    load_objective,
-    objective_components,
-)
+from fabric.errors import ConfigError, InvalidParameterError, WeightsNotFoundError
+from objectives.base import Direction, RewardModel, check_images, expand_prompts
+from objectives.registry import available_objectives, canonical_name, check_weights, load_objective, objective_components
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["CompositeObjective", "MultiObjective", "parse_objective", "parse_spec", "check_spec"]
+__all__ = ["CompositeObjective", "MultiObjective", "parse_objective", "parse_spec", "check_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,15 +127,32 @@ def _term_options(name: str, weights: dict[str, str], options: Mapping[str, Mapp
     return opts
 
 
-def check_spec(spec: str, weights: str | Mapping[str, str] | None = None, options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-    """:func:`objectives.check_available` for a whole spec: every term's weights must resolve."""
-    from objectives.base import check_available
+def check_available(spec: str, weights: Any = None, options: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+    """Raises :class:`~fabric.errors.WeightsNotFoundError` now if ``spec`` could not be loaded.
 
+    Cheap: it resolves paths, the Hugging Face cache and (when online) one HEAD request per
+    file; it loads nothing. Call it before any generation so a missing checkpoint stops a
+    study before the GPU work starts. Every term is checked, and all missing weights are
+    reported together.
+
+    Args:
+        spec: an objective name or a whole spec (``"pickscore+0.5*aesthetic,diversity"``).
+        weights: as for :func:`parse_objective`: one value, or ``{name: weights}``.
+        options: per-objective options, ``{name: {option: value}}``.
+    """
     sums = parse_spec(spec)
     names = {name for terms in sums for _, name in terms}
     table = _weights_for(spec, names, weights)
+    missing: list[str] = []
     for name in sorted(names):
-        check_available(name, table.get(name), **_term_options(name, table, options, {}))
+        try:
+            check_weights(name, table.get(name), **_term_options(name, table, options, {}))
+        except WeightsNotFoundError as exc:
+            missing.append(str(exc))
+    if len(missing) == 1:
+        raise WeightsNotFoundError(missing[0])
+    if missing:
+        raise WeightsNotFoundError(f"{len(missing)} objectives lack weights: " + "; ".join(missing))
 
 
 def parse_objective(
@@ -154,7 +164,7 @@ def parse_objective(
     options: Mapping[str, Mapping[str, Any]] | None = None,
     normalize: bool = True,
     batch_size: int | None = None,
-) -> Objective | MultiObjective:
+) -> RewardModel | MultiObjective:
     """Builds the objective a spec string describes.
 
     Args:
@@ -170,16 +180,17 @@ def parse_objective(
         batch_size: forward-pass batch size for every term.
 
     Returns:
-        An :class:`~objectives.base.Objective` (a plain one or a :class:`CompositeObjective`),
-        or a :class:`MultiObjective` when the spec has commas.
+        A :class:`~objectives.base.RewardModel` (a plain one or a :class:`CompositeObjective`),
+        or a :class:`MultiObjective` when the spec has commas; each is an
+        :class:`~objectives.base.Objective`.
     """
     sums = parse_spec(spec)
     names = {name for terms in sums for _, name in terms}
     table = _weights_for(spec, names, weights)
     common = {} if batch_size is None else {"batch_size": batch_size}
-    loaded: dict[str, Objective] = {}
+    loaded: dict[str, RewardModel] = {}
 
-    def get(name: str) -> Objective:
+    def get(name: str) -> RewardModel:
         if name not in loaded:
             opts = _term_options(name, table, options, common)
             loaded[name] = load_objective(name, weights=table.get(name), device=device, dtype=dtype, **opts)
@@ -196,7 +207,7 @@ def parse_objective(
     return MultiObjective(built, name=",".join(o.name for o in built))
 
 
-def _format_terms(terms: Sequence[tuple[float, Objective]]) -> str:
+def _format_terms(terms: Sequence[tuple[float, RewardModel]]) -> str:
     out = ""
     for weight, objective in terms:
         sign = "-" if weight < 0 else ("+" if out else "")
@@ -205,7 +216,7 @@ def _format_terms(terms: Sequence[tuple[float, Objective]]) -> str:
     return out
 
 
-class CompositeObjective(Objective):
+class CompositeObjective(RewardModel):
     """A weighted sum of standardised, direction-oriented objectives (see module docstring).
 
     Attributes:
@@ -216,12 +227,12 @@ class CompositeObjective(Objective):
     direction = "maximize"
     typical = (0.0, 1.0)
 
-    def __init__(self, terms: Sequence[tuple[float, Objective]], *, normalize: bool = True, name: str | None = None):
+    def __init__(self, terms: Sequence[tuple[float, RewardModel]], *, normalize: bool = True, name: str | None = None):
         if not terms:
             raise InvalidParameterError("a composite objective needs at least one term")
         for weight, objective in terms:
-            if not isinstance(objective, Objective) or not math.isfinite(weight):
-                raise InvalidParameterError(f"composite terms must be (finite weight, Objective), got ({weight!r}, {objective!r})")
+            if not isinstance(objective, RewardModel) or not math.isfinite(weight):
+                raise InvalidParameterError(f"composite terms must be (finite weight, RewardModel), got ({weight!r}, {objective!r})")
         self.terms = tuple((float(w), o) for w, o in terms)
         self.normalize = bool(normalize)
         self.name = name or _format_terms(self.terms)
@@ -255,7 +266,7 @@ class CompositeObjective(Objective):
 
 
 class MultiObjective:
-    """Several objectives scored together, for Pareto optimisation.
+    """Several objectives scored together, for Pareto optimisation (an :class:`~objectives.base.Objective`).
 
     Attributes:
         objectives: the component objectives.
@@ -264,12 +275,12 @@ class MultiObjective:
         name: the spec, e.g. ``"pickscore,diversity"``.
     """
 
-    def __init__(self, objectives: Sequence[Objective], *, name: str | None = None):
+    def __init__(self, objectives: Sequence[RewardModel], *, name: str | None = None):
         if len(objectives) < 2:
             raise InvalidParameterError("a multi-objective needs at least two objectives")
-        self.objectives = tuple(objectives)
+        self.objectives: tuple[RewardModel, ...] = tuple(objectives)
         self.names = tuple(o.name for o in self.objectives)
-        self.directions = tuple(o.direction for o in self.objectives)
+        self.directions: tuple[Direction, ...] = tuple(o.direction for o in self.objectives)
         self.name = name or ",".join(self.names)
         self.uses_prompt = any(o.uses_prompt for o in self.objectives)
         self.takes_target = any(o.takes_target for o in self.objectives)

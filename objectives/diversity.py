@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fabric.errors import InvalidParameterError
 from objectives.backbone import ImageEncoder
-from objectives.base import Objective, check_batch_size, register_objective
+from objectives.base import RewardModel, check_batch_size
+from objectives.registry import register_objective
 from objectives.target import encoder_source, load_image_encoder
 from objectives.weights import resolve_weights
 
@@ -34,7 +35,7 @@ def pairwise_similarity(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 @register_objective("diversity")
-class InBatchDiversity(Objective):
+class InBatchDiversity(RewardModel):
     """Mean ``100 * cos`` of each image to the rest of its batch (minimise for diversity)."""
 
     direction = "minimize"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from objectives.base import register_objective
+from objectives.registry import register_objective
 from objectives.clip import ClipBackbone, load_open_clip
 from objectives.clipscore import PromptSimilarity
 from objectives.weights import ResolvedWeights, WeightSource

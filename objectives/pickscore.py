@@ -10,7 +10,7 @@ mean/std -- the ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` transformers processor
 
 from __future__ import annotations
 
-from objectives.base import register_objective
+from objectives.registry import register_objective
 from objectives.clipscore import PromptSimilarity
 from objectives.preprocess import pickscore
 from objectives.weights import WeightSource

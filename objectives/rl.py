@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from fabric.errors import ConfigError, ImageError
-from objectives.base import Objective
+from objectives.base import RewardModel
 
 if TYPE_CHECKING:
     import torch
@@ -73,8 +73,8 @@ class RewardFunction:
         objective: the wrapped objective.
     """
 
-    def __init__(self, objective: Objective):
-        if not isinstance(objective, Objective):
+    def __init__(self, objective: RewardModel):
+        if not isinstance(objective, RewardModel):
             raise ConfigError(
                 f"an RL reward needs one scalar objective, got {type(objective).__name__}; "
                 "combine several into a weighted sum, e.g. 'pickscore+0.5*aesthetic'"
@@ -101,11 +101,11 @@ class RewardFunction:
         return f"RewardFunction({self.objective!r})"
 
 
-def make_reward_fn(objective: Objective | str, weights: Any = None, device: Any = "cpu", dtype: Any = None, **kwargs: Any) -> RewardFunction:
+def make_reward_fn(objective: RewardModel | str, weights: Any = None, device: Any = "cpu", dtype: Any = None, **kwargs: Any) -> RewardFunction:
     """A DDPO/AlignProp-shaped reward function from an objective or a spec string.
 
     Args:
-        objective: an :class:`~objectives.base.Objective`, or a spec for
+        objective: a :class:`~objectives.base.RewardModel`, or a spec for
             :func:`~objectives.composite.parse_objective` (one sum, no commas).
         weights, device, dtype, **kwargs: passed to ``parse_objective`` for specs.
     """

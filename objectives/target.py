@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, Sequence, Union
 
 from fabric.errors import ImageError, InvalidParameterError
 from objectives.backbone import ImageEncoder
-from objectives.base import Objective, check_batch_size, placement, register_objective
+from objectives.base import RewardModel, check_batch_size, placement
+from objectives.registry import register_objective
 from objectives.weights import WeightSource, resolve_weights
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def load_target_images(target: Any) -> list[Image.Image]:
 
 
 @register_objective("target")
-class TargetSimilarity(Objective):
+class TargetSimilarity(RewardModel):
     """``100 * cos`` between each image's embedding and the target embedding(s), averaged."""
 
     uses_prompt = False

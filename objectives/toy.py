@@ -1,7 +1,7 @@
-"""Objectives of the toy world (``fabric.toy``): rewards that mean something on a CPU.
+"""Objectives of the toy world (``toyworld``): rewards that mean something on a CPU.
 
 The toy diffusion model draws 64x64 scenes of coloured shapes; these objectives are trained on
-the same world (see :mod:`fabric.toy.rewards`), so a study on the toy model optimises something
+the same world (see :mod:`toyworld.rewards`), so a study on the toy model optimises something
 real in seconds, without any downloaded checkpoint:
 
 * ``toy-clip`` -- prompt adherence, ``100 * cos`` between toy-clip image and caption embeddings
@@ -14,8 +14,8 @@ real in seconds, without any downloaded checkpoint:
   two-shape scenes), any colour (``"red"``), shape (``"circles"``), size or
   ``"<colour>-background"``. Maximise.
 
-``weights``: ``None``, ``"toy"`` or ``"tiny"`` use the weights packaged in ``fabric/toy/weights``;
-a folder path uses the files written there by ``python -m fabric.toy.train --only rewards``.
+``weights``: ``None``, ``"toy"`` or ``"tiny"`` use the weights packaged in ``toyworld/weights``;
+a folder path uses the files written there by ``python -m toyworld.train --only rewards``.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import InvalidParameterError, WeightsNotFoundError
-from objectives.base import Objective, check_batch_size, placement, register_objective
+from objectives.base import RewardModel, check_batch_size, placement
+from objectives.registry import register_objective
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from fabric.toy.rewards import AttributeClassifier, ToyClip
+    from toyworld.rewards import AttributeClassifier, ToyClip
 
 __all__ = ["ToyClipScore", "ToyTargetSimilarity", "ToyDiversity", "ToyTaste"]
 
@@ -44,12 +45,12 @@ def _weights_dir(weights: Any) -> Path | None:
 
 
 def _check(weights: Any, stem: str) -> None:
-    from fabric.toy.model import DEFAULT_WEIGHTS_DIR
+    from toyworld.model import DEFAULT_WEIGHTS_DIR
 
     root = _weights_dir(weights) or DEFAULT_WEIGHTS_DIR
     if not (root / f"{stem}.safetensors").is_file():
         raise WeightsNotFoundError(
-            f"no toy {stem} weights in {root}; run `python -m fabric.toy.train --only rewards --out {root}`"
+            f"no toy {stem} weights in {root}; run `python -m toyworld.train --only rewards --out {root}`"
         )
 
 
@@ -59,7 +60,7 @@ def _batched_embed(fn, items: list, batch_size: int) -> "torch.Tensor":
     return torch.cat([fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
 
 
-class _ToyClipObjective(Objective):
+class _ToyClipObjective(RewardModel):
     """Shared loading for the toy-clip family."""
 
     def __init__(self, model: ToyClip, *, batch_size: int = 64):
@@ -68,7 +69,7 @@ class _ToyClipObjective(Objective):
 
     @classmethod
     def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, batch_size: int = 64, **kw):
-        from fabric.toy.rewards import load_toy_clip
+        from toyworld.rewards import load_toy_clip
 
         device, dtype = placement(device, dtype)
         return cls(load_toy_clip(_weights_dir(weights), device=device, dtype=dtype), batch_size=batch_size, **kw)
@@ -151,14 +152,14 @@ class ToyDiversity(_ToyClipObjective):
 
 
 @register_objective("toy-taste")
-class ToyTaste(Objective):
+class ToyTaste(RewardModel):
     """A simulated user: the attribute classifier's probability that the image has what they like."""
 
     uses_prompt = False
     typical = (0.5, 0.3)
 
     def __init__(self, classifier: AttributeClassifier, taste: str = "warm", *, batch_size: int = 64):
-        from fabric.toy.rewards import get_taste
+        from toyworld.rewards import get_taste
 
         self.classifier = classifier
         self.taste = get_taste(taste)
@@ -167,7 +168,7 @@ class ToyTaste(Objective):
     @classmethod
     def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, taste: str = "warm",
              batch_size: int = 64) -> ToyTaste:
-        from fabric.toy.rewards import get_taste, load_attribute_classifier
+        from toyworld.rewards import get_taste, load_attribute_classifier
 
         get_taste(taste)  # an unknown taste fails before the model loads
         device, dtype = placement(device, dtype)

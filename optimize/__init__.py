@@ -1,7 +1,8 @@
 """Bayesian optimisation of FABRIC's parameters: search space, trial protocol, samplers,
 recommendation.
 
-Data flow: :class:`SearchSpace` -> sampler (:func:`make_sampler`) proposes search values ->
+Data flow: a study file (``studies/*.yaml``, read by :mod:`optimize.config` into a
+:class:`StudyConfig`) sets the protocol, prompts and space -> :class:`SearchSpace` -> sampler (:func:`make_sampler`) proposes search values ->
 :class:`TrialEvaluator` turns them into :class:`~fabric.params.FabricParams`, runs the feedback
 protocol and returns the trial value -> :func:`recommend` picks the best parameters by the GP
 posterior mean and compares them with the defaults on held-out prompts.
@@ -36,6 +37,12 @@ __all__ = [
     "Comparison",
     "recommend",
     "compare",
+    "StudyConfig",
+    "available_studies",
+    "load_study_config",
+    "resolve_study",
+    "PromptSet",
+    "load_prompts",
 ]
 
 _LAZY = {
@@ -49,9 +56,13 @@ _LAZY = {
         "optimize.samplers",
     ),
     **dict.fromkeys(("Recommendation", "Candidate", "Comparison", "recommend", "compare"), "optimize.recommend"),
+    **dict.fromkeys(("StudyConfig", "available_studies", "load_study_config", "resolve_study"), "optimize.config"),
+    **dict.fromkeys(("PromptSet", "load_prompts"), "optimize.prompts"),
 }
 
 if TYPE_CHECKING:
+    from optimize.config import StudyConfig, available_studies, load_study_config, resolve_study
+    from optimize.prompts import PromptSet, load_prompts
     from optimize.protocol import NonFiniteScoreError, PromptResult, Protocol, TrialEvaluator, TrialResult, evaluate
     from optimize.recommend import Candidate, Comparison, Recommendation, compare, recommend
     from optimize.samplers import (

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+    from objectives.base import Objective
+
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
     "Protocol",
@@ -302,8 +304,8 @@ class _Session:
 
     index: int
     prompt: str
-    feedback_objective: Any
-    scored: tuple[Any, ...]
+    feedback_objective: "Objective"
+    scored: tuple["Objective", ...]
     metrics: dict[str, list[float]]  # metric name -> per-round means
     liked: list[Any] = field(default_factory=list)
     disliked: list[Any] = field(default_factory=list)
@@ -316,9 +318,8 @@ class TrialEvaluator:
     Args:
         generator: has ``generate(prompt, negative_prompt, liked, disliked, params, n_images,
             seed, height, width) -> list[PIL.Image]`` (e.g. :class:`fabric.FabricGenerator`).
-        objective: the scored objective (``score(images, prompt) -> Tensor[n]``, ``name``,
-            ``direction``), or a multi-objective with ``objectives``: then trials return one
-            value per objective.
+        objective: the scored :class:`~objectives.base.Objective`; a multi-objective (several
+            ``directions``) makes trials return one value per objective.
         protocol: the evaluation protocol.
         space: the search space trials sample (``SearchSpace.default()`` if omitted); its base
             parameters also generate the no-feedback baseline.
@@ -336,12 +337,12 @@ class TrialEvaluator:
     def __init__(
         self,
         generator: Any,
-        objective: Any,
+        objective: "Objective",
         protocol: Protocol,
         space: SearchSpace | None = None,
         *,
-        feedback_objective: Any | None = None,
-        metrics: Mapping[str, Any] | None = None,
+        feedback_objective: "Objective | None" = None,
+        metrics: "Mapping[str, Objective] | None" = None,
         on_round: RoundCallback | None = None,
         baseline_cache: str | Path | None = None,
         cache_key: str = "",
@@ -351,12 +352,13 @@ class TrialEvaluator:
         self.generator = generator
         self.protocol = protocol
         self.space = space if space is not None else SearchSpace.default()
-        self.objectives: tuple[Any, ...] = tuple(getattr(objective, "objectives", None) or (objective,))
-        directions = getattr(objective, "directions", None) or [o.direction for o in self.objectives]
-        self.directions: tuple[str, ...] = tuple(directions)
+        self.objectives: tuple[Objective, ...] = tuple(objective.objectives)
+        self.directions: tuple[str, ...] = tuple(objective.directions)
         if len(self.directions) != len(self.objectives):
             raise ConfigError("a multi-objective needs one direction per objective")
-        self.feedback_objective = feedback_objective if feedback_objective is not None else self.objectives[0]
+        self.feedback_objective: Objective = feedback_objective if feedback_objective is not None else self.objectives[0]
+        if len(self.feedback_objective.directions) != 1:
+            raise ConfigError(f"the simulated user needs one score per image; {self.feedback_objective.name!r} gives several")
         self.metrics = dict(metrics or {})
         self.on_round = on_round
         self.baseline_cache = baseline_cache
@@ -378,7 +380,7 @@ class TrialEvaluator:
     # ---- Optuna objective ----------------------------------------------------------------
     @property
     def objective_names(self) -> tuple[str, ...]:
-        return tuple(str(getattr(o, "name", f"objective{j}")) for j, o in enumerate(self.objectives))
+        return tuple(o.name for o in self.objectives)
 
     @property
     def multi_objective(self) -> bool:
@@ -533,7 +535,7 @@ class TrialEvaluator:
                 if r + 1 < proto.rounds:
                     same = s.feedback_objective is s.scored[0]
                     fb = scores[self.objective_names[0]] if same else self._score(s.feedback_objective, images, prompt, where=(split, p, r))
-                    if getattr(s.feedback_objective, "direction", "maximize") == "minimize":
+                    if s.feedback_objective.directions[0] == "minimize":
                         fb = [-v for v in fb]
                     user_seed = image_seed(proto.seed, "user", split, replicate, p, r)
                     like, dislike = choose_feedback(fb, proto.temperature, seed=user_seed)
@@ -547,7 +549,7 @@ class TrialEvaluator:
         proto = self.protocol
         many = getattr(self.generator, "generate_many", None)
         if len(sessions) > 1 and many is not None:
-            from fabric.generator import GenerationRequest
+            from fabric.fabric_generator import GenerationRequest
 
             requests = [
                 GenerationRequest(s.prompt, tuple(ss), proto.negative_prompt, tuple(s.liked), tuple(s.disliked))
@@ -602,19 +604,19 @@ class TrialEvaluator:
             baseline_round_scores=baseline,
         )
 
-    def _score(self, objective: Any, images: list, prompt: str, where: tuple) -> list[float]:
+    def _score(self, objective: "Objective", images: list, prompt: str, where: tuple) -> list[float]:
         scores = objective.score(images, prompt)
         values = [float(v) for v in _as_list(scores)]
         bad = [v for v in values if not math.isfinite(v)]
         if bad:
             split, p, r = where
             raise NonFiniteScoreError(
-                f"objective '{getattr(objective, 'name', objective)}' returned {bad[0]} for {split} prompt {p}, round {r}; "
+                f"objective '{objective.name}' returned {bad[0]} for {split} prompt {p}, round {r}; "
                 "the trial fails rather than feed it to the sampler"
             )
         return values
 
-    def _objectives_for(self, split: Split, p: int) -> tuple[Any, tuple[Any, ...]]:
+    def _objectives_for(self, split: Split, p: int) -> tuple["Objective", tuple["Objective", ...]]:
         """The feedback objective and the scored objectives for one prompt (target-bound)."""
         if self.protocol.feedback != "target":
             return self.feedback_objective, self.objectives
@@ -626,10 +628,10 @@ class TrialEvaluator:
             scored = []
             for obj in self.objectives:
                 # Objectives that measure similarity to a target are scored against this one.
-                try:
-                    scored.append(feedback if obj is self.feedback_objective else obj.with_target(target))
-                except (AttributeError, ValueError):
-                    scored.append(obj)
+                if obj is self.feedback_objective:
+                    scored.append(feedback)
+                else:
+                    scored.append(obj.with_target(target) if obj.takes_target else obj)
             self._bound[key] = (feedback, tuple(scored))
         return self._bound[key]
 
@@ -667,7 +669,7 @@ class TrialEvaluator:
 
 def evaluate(
     generator: Any,
-    objective: Any,
+    objective: "Objective",
     params: FabricParams,
     protocol: Protocol,
     *,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from optimize.protocol import TrialEvaluator
     from optimize.recommend import Comparison, Recommendation
-    from studies import StudyConfig
+    from optimize.config import StudyConfig
 
 __all__ = [
     "StudyReport",

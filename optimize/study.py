@@ -1,4 +1,4 @@
-"""Create, resume and run studies: a :class:`~studies.StudyConfig` -> Optuna study -> trials ->
+"""Create, resume and run studies: a :class:`~optimize.config.StudyConfig` -> Optuna study -> trials ->
 tracking, recommendation and presets.
 
 Storage (``storage=``, the CLI's ``--storage``, ``$FABRIC_OPT_STORAGE``):
@@ -35,10 +35,11 @@ if TYPE_CHECKING:
     import optuna
     import torch
 
+    from objectives.base import Objective
+    from optimize.config import StudyConfig
     from optimize.protocol import TrialEvaluator
     from optimize.recommend import Recommendation
     from optimize.tracking import Tracker
-    from studies import StudyConfig
 
 __all__ = [
     "DEFAULT_RUNS_DIR",
@@ -189,7 +190,7 @@ def open_study(name: str, storage: StorageSpec) -> tuple["optuna.Study", "StudyC
     """
     import optuna
 
-    from studies import StudyConfig
+    from optimize.config import StudyConfig
 
     if not storage.exists():
         raise ConfigError(f"no study storage at {storage}; run `fabric-opt study` first or pass --storage")
@@ -229,7 +230,7 @@ def check_resumable(config: "StudyConfig", name: str, storage: StorageSpec) -> b
     if stored is None:
         raise ConfigError(f"study {name!r} in {storage} was not created by fabric-opt; pass --name to start a new study")
     if stored != config.fingerprint():
-        from studies import StudyConfig
+        from optimize.config import StudyConfig
 
         differs = "settings"
         record = study.user_attrs.get(CONFIG_ATTR)
@@ -272,9 +273,9 @@ class Components:
     """
 
     generator: Any
-    objective: Any
-    feedback_objective: Any = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    objective: "Objective"
+    feedback_objective: "Objective | None" = None
+    metrics: "dict[str, Objective]" = field(default_factory=dict)
     cache_key: str = ""
 
 
@@ -301,7 +302,7 @@ def load_components(
     from objectives import parse_objective
 
     if generator is None:
-        from fabric.generator import FabricGenerator
+        from fabric.fabric_generator import FabricGenerator
 
         # one first round per prompt: trials whose dropout dropped nothing reuse the baseline's
         n_prompts = len(config.protocol.prompts) + len(config.protocol.validation_prompts)
@@ -312,9 +313,9 @@ def load_components(
     table = config.weights_table
     options = {k: dict(v) for k, v in config.objective_options.items()}
     objective = parse_objective(config.objective, table, device=device, options=options)
-    loaded = {o.name: o for o in getattr(objective, "objectives", None) or (objective,)}
+    loaded: dict[str, Objective] = {o.name: o for o in objective.objectives}
 
-    def get(spec: str) -> Any:
+    def get(spec: str) -> "Objective":
         key = spec.strip()
         if key not in loaded:
             loaded[key] = parse_objective(key, table, device=device, options=options)
@@ -322,8 +323,8 @@ def load_components(
 
     feedback = get(config.feedback_objective) if config.feedback_objective else None
     if config.protocol.feedback == "target":
-        user = feedback if feedback is not None else (getattr(objective, "objectives", None) or (objective,))[0]
-        if not getattr(user, "takes_target", False):
+        user = feedback if feedback is not None else objective.objectives[0]
+        if not user.takes_target:
             raise ConfigError(
                 f"the target-image protocol needs a feedback objective that compares with a target image (e.g. 'target'); "
                 f"'{user.name}' does not"

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import optuna
     from PIL import Image
 
-    from studies import StudyConfig
+    from optimize.config import StudyConfig
 
 __all__ = [
     "DEFAULT_TRACKING_URI",

@@ -42,7 +42,7 @@ def tiny_generator():
     """One tiny FabricGenerator for the session (read-only use: do not change its modules)."""
     import torch
 
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     return FabricGenerator.from_pretrained("tiny", device="cpu", dtype=torch.float32)

@@ -5,7 +5,8 @@ import torch
 
 from fabric import FabricParams
 from fabric.errors import InvalidParameterError
-from fabric.generator import FabricGenerator, GenerationRequest
+from fabric.fabric_generator import FabricGenerator, GenerationRequest
+from fabric.reference import can_fuse
 from fabric.schedule import step_weights
 
 P = FabricParams(steps=4, max_weight=0.8, feedback_start=0.0, feedback_end=0.6)
@@ -88,15 +89,14 @@ def test_fused_generate_many_keeps_each_prompt_to_its_own_references(tiny_genera
     ],
 )
 def test_inputs_the_fused_pass_cannot_extend_fall_back_to_the_separate_pass(kwargs, fusable):
-    assert FabricGenerator._can_fuse((torch.zeros(1), 1), kwargs, pooled=None) is fusable
+    assert can_fuse((torch.zeros(1), 1), kwargs, sdxl=False) is fusable
 
 
 def test_sdxl_needs_its_added_conditions_to_fuse():
     base = {"encoder_hidden_states": torch.zeros(1)}
-    pooled = torch.zeros(1, 8)
-    assert FabricGenerator._can_fuse((torch.zeros(1), 1), {**base, "added_cond_kwargs": {"text_embeds": 0, "time_ids": 0}}, pooled)
-    assert not FabricGenerator._can_fuse((torch.zeros(1), 1), {**base, "added_cond_kwargs": {"text_embeds": 0, "time_ids": 0, "image_embeds": 0}}, pooled)
-    assert not FabricGenerator._can_fuse((torch.zeros(1), 1), base, pooled)
+    assert can_fuse((torch.zeros(1), 1), {**base, "added_cond_kwargs": {"text_embeds": 0, "time_ids": 0}}, sdxl=True)
+    assert not can_fuse((torch.zeros(1), 1), {**base, "added_cond_kwargs": {"text_embeds": 0, "time_ids": 0, "image_embeds": 0}}, sdxl=True)
+    assert not can_fuse((torch.zeros(1), 1), base, sdxl=True)
 
 
 def test_fuse_reference_pass_must_be_a_boolean(tiny_generator):

@@ -6,7 +6,7 @@ import torch
 
 from fabric import FabricParams
 from fabric.errors import InvalidParameterError
-from fabric.generator import FabricGenerator, GenerationRequest
+from fabric.fabric_generator import FabricGenerator, GenerationRequest
 from fabric.schedule import step_weights
 
 P = FabricParams(steps=4, max_weight=0.8, feedback_start=0.0, feedback_end=0.5)

@@ -81,7 +81,7 @@ def _count_unet_batches(gen):
 
 @pytest.mark.parametrize("fuse", [False, True])
 def test_reference_pass_runs_only_on_steps_with_weight(tiny_generator, solid_images, fuse):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     gen = FabricGenerator(tiny_generator.pipeline, fuse_reference_pass=fuse)
     sizes, handle = _count_unet_batches(gen)
@@ -99,7 +99,7 @@ def test_reference_pass_runs_only_on_steps_with_weight(tiny_generator, solid_ima
 
 @pytest.mark.parametrize("fuse", [False, True])
 def test_references_recorded_in_an_earlier_round_are_reused(tiny_generator, solid_images, fuse):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     gen = FabricGenerator(tiny_generator.pipeline, fuse_reference_pass=fuse)
     p = FabricParams(steps=4, max_weight=0.5, feedback_end=1.0)
@@ -118,7 +118,7 @@ def test_references_recorded_in_an_earlier_round_are_reused(tiny_generator, soli
 
 
 def test_cached_and_uncached_references_give_the_same_images(tiny_generator, solid_images):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     uncached = FabricGenerator(tiny_generator.pipeline, cache_bytes=0)
     kw = dict(liked=[solid_images["red"]], disliked=[solid_images["green"]], params=P, n_images=2, seed=9, output_type="latent")
@@ -141,7 +141,7 @@ def test_processors_are_restored_after_an_error(tiny_generator, solid_images):
 
 
 def test_prompt_dropout_is_seeded(tiny_generator):
-    from fabric.generator import drop_words
+    from fabric.fabric_generator import drop_words
 
     assert drop_words("a b c d e f g h", 0.5, 1) == drop_words("a b c d e f g h", 0.5, 1)
     assert drop_words("a b c", 0.0, 1) == "a b c"
@@ -177,7 +177,7 @@ def test_unknown_model_is_a_load_error():
 
 
 def test_out_of_memory_first_frees_the_token_cache_and_retries_the_whole_batch(tiny_generator, solid_images, caplog):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     red, blue = solid_images["red"], solid_images["blue"]
     kw = dict(liked=[red], disliked=[blue], params=P, n_images=2, seed=7, output_type="latent")  # one seed: no split possible
@@ -195,7 +195,7 @@ def test_out_of_memory_first_frees_the_token_cache_and_retries_the_whole_batch(t
 
     handle = tiny_generator.pipeline.unet.register_forward_pre_hook(oom_while_tokens_are_cached)
     try:
-        with caplog.at_level(logging.WARNING, logger="fabric.generator"):
+        with caplog.at_level(logging.WARNING, logger="fabric.fabric_generator"):
             got = gen.generate("x", **kw)
     finally:
         handle.remove()

@@ -46,7 +46,7 @@ def merge(generator, sd: dict[str, torch.Tensor], scale: float) -> None:
 
 
 def _gen(**kwargs):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     return FabricGenerator.from_pretrained("tiny", **kwargs)
 
@@ -211,7 +211,7 @@ def test_lora_specs_and_errors(tmp_path, hps_file):
 
 
 def test_cli_lora_option_reaches_the_generator_and_the_sidecar(hps_file, tmp_path, capsys):
-    from fabric.cli.app import main
+    from fabric_opt_cli.app import main
 
     out = tmp_path / "run"
     argv = ["generate", "--prompt", "a red circle", "--steps", "2", "--n-images", "1", "--lora", f"{hps_file}:0.0", "--out", str(out)]

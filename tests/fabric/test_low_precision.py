@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fabric import FabricParams
-from fabric.generator import FabricGenerator
+from fabric.fabric_generator import FabricGenerator
 
 P = FabricParams(steps=4, max_weight=0.8, feedback_start=0.0, feedback_end=0.6)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fabric import FabricParams
 from fabric.errors import ModelLoadError
-from fabric.generator import FabricGenerator
+from fabric.fabric_generator import FabricGenerator
 
 P = FabricParams(steps=3, max_weight=0.8)
 FAMILIES = {"tiny": "sd1", "tiny-v": "sd2", "tiny-xl": "xl"}
@@ -122,7 +122,7 @@ def test_depth_profile_covers_sdxl_three_levels_and_deep_transformer_blocks():
 
 
 def test_fp16_vae_with_force_upcast_encodes_references_in_float32(solid_images):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     gen = FabricGenerator.from_pretrained("tiny-xl", dtype=torch.float16)
     seen = []
@@ -285,7 +285,7 @@ def write_checkpoint(pipe, family: str, path: Path) -> Path:
 # ---- single-file checkpoints -------------------------------------------------------------------
 @pytest.mark.parametrize("name, suffix", [("tiny", ".ckpt"), ("tiny-v", ".safetensors"), ("tiny-xl", ".safetensors")])
 def test_single_file_round_trip_gives_identical_images(generators, solid_images, tmp_path, name, suffix):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
     from fabric.models import detect_model_type
 
     gen = generators[name]

@@ -6,7 +6,7 @@ import torch
 
 from fabric import FabricParams
 from fabric.errors import InvalidParameterError
-from fabric.generator import FabricGenerator
+from fabric.fabric_generator import FabricGenerator
 
 P = FabricParams(steps=3, max_weight=0.8)
 

@@ -1,7 +1,7 @@
 """Positive feedback pulls generations toward the liked image.
 
 Random weights cannot show this (a random U-Net is no denoiser), so the test uses the ``toy``
-model trained in this project (fabric/toy): liking a rendered scene brings the images of the
+model trained in this project (toyworld): liking a rendered scene brings the images of the
 same seeds closer to it in pixel space than no feedback does.
 """
 
@@ -16,7 +16,7 @@ def toy_generator():
     import torch
 
     from fabric.errors import FabricOptError
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     try:
         return FabricGenerator.from_pretrained("toy", device="cpu", dtype=torch.float32)
@@ -29,7 +29,7 @@ def _pixels(images):
 
 
 def test_liking_an_image_pulls_the_output_toward_it(toy_generator):
-    from fabric.toy.scenes import render, sample_scenes
+    from toyworld.scenes import render, sample_scenes
 
     params = FabricParams(steps=10, max_weight=0.8, feedback_end=0.8)
     seeds = list(range(100, 108))

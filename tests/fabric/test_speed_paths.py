@@ -13,7 +13,7 @@ from fabric import FabricParams
 from fabric.attention import FabricAttnProcessor, FabricState
 from fabric.caches import ReferenceStateCache
 from fabric.errors import InvalidParameterError
-from fabric.generator import FabricGenerator
+from fabric.fabric_generator import FabricGenerator
 
 
 def _recorded_shapes(unet, latent_hw):
@@ -123,7 +123,7 @@ def test_a_small_cache_still_serves_the_next_round_and_changes_nothing(tiny_gene
     per_image = probe.state_cache.nbytes  # one reference over the whole schedule
     gen = FabricGenerator(pipe, cache_bytes=int(2.5 * per_image))  # room for 2.5 of the 4 references
     kw = dict(params=params, n_images=1, seed=4, output_type="latent")
-    caplog.set_level(logging.WARNING, logger="fabric.generator")
+    caplog.set_level(logging.WARNING, logger="fabric.fabric_generator")
     gen.generate("x", liked=[red], disliked=[blue], **kw)
     assert gen.state_cache.rejected == 0 and not _cache_warnings(caplog)
     hits = gen.state_cache.hits

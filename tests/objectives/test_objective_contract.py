@@ -31,7 +31,7 @@ PROMPT = "a red circle on a blue background"
 
 
 def test_cases_cover_every_builtin_objective():
-    from objectives.base import _BUILTIN_MODULES
+    from objectives.registry import _BUILTIN_MODULES
 
     assert {name for name, _ in CASES} == set(_BUILTIN_MODULES)
 

@@ -10,7 +10,8 @@ import torch
 
 import objectives
 from fabric.errors import ConfigError, InvalidParameterError
-from objectives.base import Objective, canonical_name, register_objective
+from objectives.base import RewardModel
+from objectives.registry import canonical_name, register_objective
 
 
 def test_builtin_names_are_listed():
@@ -36,7 +37,7 @@ def test_import_is_light():
 
 def test_other_modules_can_register_objectives(colour_images):
     @register_objective("test-brightness")
-    class Brightness(Objective):
+    class Brightness(RewardModel):
         uses_prompt = False
 
         @classmethod
@@ -60,7 +61,7 @@ def test_other_modules_can_register_objectives(colour_images):
         with pytest.raises(ValueError, match="already registered"):
             register_objective("test-brightness")(lambda **kw: None)
     finally:
-        from objectives.base import _REGISTRY
+        from objectives.registry import _REGISTRY
 
         _REGISTRY.pop("test-brightness", None)
 

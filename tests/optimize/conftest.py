@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 
 from fabric.params import FabricParams
+from objectives.base import RewardModel
+from objectives.composite import MultiObjective
 
 SIZE = 8
 
@@ -81,17 +83,16 @@ class BatchingColourGenerator(ColourGenerator):
         ]
 
 
-@dataclass
-class ChannelObjective:
+class ChannelObjective(RewardModel):
     """Mean of one colour channel, in [0, 100]; ``with_target`` -> closeness to a colour."""
 
-    channel: int = 0
-    name: str = "red"
-    direction: str = "maximize"
-    target: tuple[int, int, int] | None = None
-    calls: int = 0
+    takes_target = True
 
-    def score(self, images: list[Image.Image], prompt: str | list[str] = "") -> torch.Tensor:
+    def __init__(self, channel: int = 0, name: str = "red", direction: str = "maximize", target=None) -> None:
+        self.channel, self.name, self.direction, self.target = channel, name, direction, target
+        self.calls = 0
+
+    def _score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         self.calls += 1
         pixels = torch.tensor([im.getpixel((0, 0)) for im in images], dtype=torch.float32)
         if self.target is not None:
@@ -102,19 +103,11 @@ class ChannelObjective:
         return ChannelObjective(self.channel, f"{self.name}-target", self.direction, image.getpixel((0, 0)))
 
 
-@dataclass
-class NaNObjective:
-    name: str = "nan"
-    direction: str = "maximize"
+class NaNObjective(RewardModel):
+    name = "nan"
 
-    def score(self, images, prompt="") -> torch.Tensor:
+    def _score(self, images, prompts) -> torch.Tensor:
         return torch.full((len(images),), float("nan"))
-
-
-@dataclass
-class MultiObjective:
-    objectives: tuple
-    directions: tuple
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def test_noisy_user_protocol_is_reproducible(standins, generator, red):
 
 
 def test_multi_objective_returns_a_tuple(standins, generator, red, blue):
-    multi = standins.MultiObjective((red, blue), ("maximize", "minimize"))
+    multi = standins.MultiObjective([red, standins.ChannelObjective(2, "blue", "minimize")])
     evaluator = make(generator, multi)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
     study.optimize(evaluator, n_trials=2)
@@ -215,7 +215,7 @@ def test_validation_split_needs_prompts(generator, red):
 
 
 def test_end_to_end_with_the_tiny_generator(request):
-    pytest.importorskip("fabric.generator")
+    pytest.importorskip("fabric.fabric_generator")
     objectives = pytest.importorskip("objectives")
     generator = request.getfixturevalue("tiny_generator")
     objective = objectives.load_objective("pickscore", weights="tiny")

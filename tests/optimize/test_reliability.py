@@ -20,10 +20,11 @@ import optuna
 import pytest
 import torch
 
+from objectives.base import RewardModel
 from optimize.study import Components, StorageSpec, run_study
 from optimize.tracking import NullTracker
 from optimize.workers import ERROR_ATTR, FAIL_REASON_ATTR, WORKER_ATTR, error_line, pid_alive, recover_dead_trials
-from studies import load_study_config
+from optimize.config import load_study_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -57,19 +58,20 @@ def _faulty_generator(standins, fault: BaseException, at_call: int):
     return Faulty()
 
 
-class _FaultyObjective:
+class _FaultyObjective(RewardModel):
     """Red channel, but NaN/inf for one trial's rounds."""
+
+    name = "red"
 
     def __init__(self, standins, bad_calls: range, value: float) -> None:
         self.inner = standins.ChannelObjective(0, "red")
-        self.name, self.direction = "red", "maximize"
         self.bad_calls, self.value, self.calls = bad_calls, value, 0
 
-    def score(self, images, prompt=""):
+    def _score(self, images, prompts):
         self.calls += 1
         if self.calls - 1 in self.bad_calls:
             return torch.full((len(images),), self.value)
-        return self.inner.score(images, prompt)
+        return self.inner.score(images, prompts)
 
 
 class _FullDiskTracker(NullTracker):
@@ -198,7 +200,7 @@ trials: 3
 
 
 def _cli(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "fabric.cli.app", *args, "--runs-dir", str(workdir / "runs"), "--tracking-uri", "none"]
+    return [sys.executable, "-m", "fabric_opt_cli.app", *args, "--runs-dir", str(workdir / "runs"), "--tracking-uri", "none"]
 
 
 def _env() -> dict[str, str]:

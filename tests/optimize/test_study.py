@@ -15,7 +15,7 @@ from fabric.errors import ConfigError
 from fabric.preset import read_preset
 from optimize.study import CONFIG_ATTR, Components, StorageSpec, load_components, open_study, run_study
 from optimize.tracking import PARENT_RUN_ATTR, MlflowTracker, NullTracker, TrackingWarning
-from studies import load_study_config
+from optimize.config import load_study_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -150,7 +150,7 @@ def test_tracking_failure_warns_once_and_the_study_goes_on(generator, red, tmp_p
 
 def test_pareto_study_plots_the_front(standins, generator, red, blue, mlflow_uri, tmp_path):
     config = _standin_config(objective="pickscore,diversity", trials=4, protocol={"prune": False, "steps": 2, "n_images": 3})
-    objective = standins.MultiObjective((red, blue), ("maximize", "minimize"))
+    objective = standins.MultiObjective([red, standins.ChannelObjective(2, "blue", "minimize")])
     out = run_study(config, name="pareto", storage=tmp_path / "s.journal", tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=Components(generator, objective))
     assert [d.name for d in out.study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert {p.name for p in out.plots} >= {"history.png", "pareto.png"}

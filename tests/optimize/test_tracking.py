@@ -21,7 +21,7 @@ from optimize.tracking import (
     reward_grid,
     ui_command,
 )
-from studies import load_study_config
+from optimize.config import load_study_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

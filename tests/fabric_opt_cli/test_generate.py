@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fabric.cli.app import main
+from fabric_opt_cli.app import main
 
 
 def run(argv, capsys):

@@ -12,7 +12,7 @@ commented example)::
     metrics: [diversity]               # logged per round, not optimised
     objective_weights: {}              # NAME: tiny | PATH | hub id (as --objective-weights NAME=PATH)
     objective_options: {}              # NAME: {option: value}, e.g. target: {encoder: dino}
-    prompts: {train: curated, validation: curated-heldout}   # see studies.prompts
+    prompts: {train: curated, validation: curated-heldout}   # see optimize.prompts
     protocol: {feedback: preference, rounds: 3, n_images: 4, steps: 20, guidance_scale: 6.0,
                negative_prompt: "...", temperature: 0.0, value: improvement}
     search_space: {extends: default}   # optimize.SearchSpace.from_dict layout
@@ -38,6 +38,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import importlib.resources
 import logging
 import re
 import types
@@ -48,7 +49,7 @@ from typing import Any, Mapping
 from fabric.errors import ConfigError, FabricOptError
 from optimize.protocol import DEFAULT_NEGATIVE_PROMPT, Protocol
 from optimize.space import SearchSpace
-from studies.prompts import PromptSet, load_prompts, resolve_source
+from optimize.prompts import PromptSet, load_prompts, resolve_source
 
 __all__ = [
     "StudyConfig",
@@ -64,7 +65,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STUDIES_DIR = Path(__file__).resolve().parent
+STUDIES_DIR = Path(str(importlib.resources.files("studies")))  # the study YAML files (data)
 PRUNERS = ("none", "median", "wilcoxon")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _TOP_KEYS = {

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fabric.errors import InvalidParameterError
-from fabric.toy.rewards import HEADS, get_taste, scene_targets, taste_names
-from fabric.toy.scenes import Scene, Shape, caption, render
+from toyworld.rewards import HEADS, get_taste, scene_targets, taste_names
+from toyworld.scenes import Scene, Shape, caption, render
 
 
 def test_attribute_classifier_beats_chance_by_a_wide_margin(classifier, test_scenes):

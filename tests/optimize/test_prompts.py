@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fabric.errors import ConfigError
-from studies import PromptSet, builtin_prompt_lists, load_prompts
+from optimize.prompts import PromptSet, builtin_prompt_lists, load_prompts
 
 
 def test_builtin_lists():

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from fabric.errors import InvalidParameterError
-from fabric.toy.scenes import (
+from toyworld.scenes import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,
@@ -92,7 +92,7 @@ def test_invalid_scenes_raise_one_line_errors(build):
 
 
 def test_importing_the_package_does_not_import_torch():
-    code = "import sys, fabric.toy; fabric.toy.sample_scenes(2, 0); print('torch' in sys.modules)"
+    code = "import sys, toyworld; toyworld.sample_scenes(2, 0); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -100,7 +100,7 @@ def test_importing_the_package_does_not_import_torch():
 def test_partial_captions_only_leave_words_out():
     import random
 
-    from fabric.toy.scenes import partial_caption
+    from toyworld.scenes import partial_caption
 
     rng = random.Random(0)
     for scene in sample_scenes(50, seed=2):

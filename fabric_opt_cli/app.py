@@ -9,7 +9,11 @@ import sys
 
 import typer
 
-from fabric.cli.generate import generate
+from fabric_opt_cli.export import export
+from fabric_opt_cli.generate import generate
+from fabric_opt_cli.report import report
+from fabric_opt_cli.study import study
+from fabric_opt_cli.worker import worker
 
 app = typer.Typer(
     name="fabric-opt",
@@ -18,34 +22,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-app.command("generate")(generate)
+# one module per command; each imports its heavy libraries only when it runs
+for _command in (generate, study, report, export, worker):
+    app.command(_command.__name__)(_command)
 
 
 @app.callback()
 def _root() -> None:
     """Tune FABRIC feedback for Stable Diffusion with Bayesian optimisation."""
-
-
-def _register_optional_commands() -> None:
-    # command groups that live with the library parts they drive
-    import importlib
-
-    for module, names in (
-        ("fabric.cli.study", ("study", "report", "export")),
-        ("fabric.cli.worker", ("worker",)),
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        for name in names:
-            if hasattr(mod, name):
-                app.command(name.replace("_", "-"))(getattr(mod, name))
-
-
-_register_optional_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,7 +19,7 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def test_scenes():
     """120 scenes from a seed no model was trained on, with their rendered images."""
-    from fabric.toy.scenes import render, sample_scenes
+    from toyworld.scenes import render, sample_scenes
 
     scenes = sample_scenes(120, seed=12345)
     return scenes, [render(s) for s in scenes]
@@ -27,13 +27,13 @@ def test_scenes():
 
 @pytest.fixture(scope="session")
 def classifier():
-    from fabric.toy.rewards import load_attribute_classifier
+    from toyworld.rewards import load_attribute_classifier
 
     return load_attribute_classifier()
 
 
 @pytest.fixture(scope="session")
 def toy_clip():
-    from fabric.toy.rewards import load_toy_clip
+    from toyworld.rewards import load_toy_clip
 
     return load_toy_clip()

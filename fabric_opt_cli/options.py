@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from fabric.errors import InvalidParameterError
+from fabric.errors import ConfigError, InvalidParameterError
 
 MODEL = typer.Option("tiny", "--model", "-m", envvar="FABRIC_OPT_MODEL", help="'tiny', 'toy', a hub id, a diffusers folder, or a .safetensors/.ckpt file.")
 DEVICE = typer.Option(None, "--device", envvar="FABRIC_OPT_DEVICE", help="torch device (default: cuda if available, else cpu).")
@@ -23,24 +23,33 @@ TOKEN_CACHE_GB = typer.Option(
 SCHEDULER = typer.Option(None, "--scheduler", help="euler-a, euler, ddim, dpm++, ... (default: the model's own).")
 
 
+STORAGE = typer.Option(
+    None, "--storage", envvar="FABRIC_OPT_STORAGE",
+    help="Optuna storage: a journal file (default <runs-dir>/optuna.journal) or an RDB URL (sqlite:///x.db, postgresql://...).",
+)  # fmt: skip
+RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", envvar="FABRIC_OPT_RUNS_DIR", help="Folder for the default storage, baseline cache, plots and presets.")
+TRACKING_URI = typer.Option(
+    "sqlite:///mlflow.db", "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI: sqlite:///file.db, http://host:port, a database URL, or 'none' to disable.",
+)  # fmt: skip
+
+
+
+def weights_table(items: list[str]) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(f"--objective-weights takes NAME=PATH (e.g. pickscore=/models/pickscore or pickscore=tiny), got {item!r}")
+        table[name.strip()] = value.strip()
+    return table
+
+
 def resolve_device_dtype(device: str | None, dtype: str | None):
     """Explicit device and dtype, with CUDA/fp16 or CPU/fp32 as the defaults."""
-    import torch
+    from fabric.devices import default_placement
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InvalidParameterError(f"unknown device {device!r}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidParameterError(f"device {device!r} requested but CUDA is not available")
-    names = {"float32": torch.float32, "float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype is None:
-        return dev, (torch.float16 if dev.type == "cuda" else torch.float32)
-    if dtype not in names:
-        raise InvalidParameterError(f"unknown dtype {dtype!r}; use one of {', '.join(names)}")
-    return dev, names[dtype]
+    return default_placement(device, dtype)
 
 
 def token_cache_bytes(gib: float | None) -> int | None:

@@ -13,24 +13,23 @@ from typing import Optional
 
 import typer
 
-from fabric.cli import options
-from fabric.cli.study import RUNS_DIR, STORAGE, TRACKING_URI
+from fabric_opt_cli import options
+from fabric_opt_cli.console import RichProgress, get_console, print_summary, quiet_libraries
 
 __all__ = ["worker"]
 
 
 def worker(
     name: str = typer.Argument(..., help="Study name (created by `fabric-opt study`)."),
-    storage: Optional[str] = STORAGE,
-    runs_dir: Path = RUNS_DIR,
-    tracking_uri: str = TRACKING_URI,
+    storage: Optional[str] = options.STORAGE,
+    runs_dir: Path = options.RUNS_DIR,
+    tracking_uri: str = options.TRACKING_URI,
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
     token_cache_gb: Optional[float] = options.TOKEN_CACHE_GB,
 ) -> None:
     """Join a study as another worker: read its settings from the storage, load the models, and run
     trials until the study's budget is spent (trials of dead workers on this host are re-run)."""
-    from fabric.cli.study import _console, _print_summary, _quiet_libraries, _RichProgress
     from optimize.study import StorageSpec, check_objectives, open_study, run_study
     from optimize.tracking import make_tracker
 
@@ -41,9 +40,9 @@ def worker(
     cache_bytes = options.token_cache_bytes(token_cache_gb)
     _, config = open_study(name, spec)
     check_objectives(config)
-    _quiet_libraries()
-    with _RichProgress(_console(stderr=True)) as progress:
+    quiet_libraries()
+    with RichProgress(get_console(stderr=True)) as progress:
         outcome = run_study(
             config, name=name, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, cache_bytes=cache_bytes, progress=progress
         )
-    _print_summary(outcome)
+    print_summary(outcome)

@@ -10,7 +10,7 @@
 
 Both see 64x64 images in ``[-1, 1]`` and are trained with blur and noise augmentation so that
 they also read the (softer) images of the toy diffusion model. Weights ship in
-``fabric/toy/weights/`` (``python -m fabric.toy.train --only rewards`` reproduces them).
+``toyworld/weights/`` (``python -m toyworld.train --only rewards`` reproduces them).
 The registry entries (``toy-clip``, ``toy-taste``, ...) live in ``objectives/toy.py``.
 """
 
@@ -30,12 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from fabric.errors import InvalidParameterError, ModelLoadError, WeightsNotFoundError
-from fabric.toy.scenes import BACKGROUNDS, COLOURS, COOL_COLOURS, IMAGE_SIZE, SHAPES, SIZES, WARM_COLOURS, Scene
+from toyworld.scenes import BACKGROUNDS, COLOURS, COOL_COLOURS, IMAGE_SIZE, SHAPES, SIZES, WARM_COLOURS, Scene
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from fabric.toy.train import TrainConfig
+    from toyworld.train import TrainConfig
 
 __all__ = [
     "HEADS",
@@ -286,7 +286,7 @@ def _load(cls: type[nn.Module], stem: str, weights_dir: str | Path | None, devic
     root = Path(weights_dir) if weights_dir is not None else _WEIGHTS_DIR
     path, config_path = root / f"{stem}.safetensors", root / f"{stem}_config.json"
     if not path.is_file() or not config_path.is_file():
-        raise WeightsNotFoundError(f"no {stem} weights in {root}; run `python -m fabric.toy.train --only rewards --out {root}`")
+        raise WeightsNotFoundError(f"no {stem} weights in {root}; run `python -m toyworld.train --only rewards --out {root}`")
     try:
         config = json.loads(config_path.read_text())
         model = cls(**config)
@@ -342,7 +342,7 @@ def train_rewards(cfg: "TrainConfig", out: Path, n_train: int = 8000, n_test: in
     Returns:
         Timings and held-out accuracies (rendered test scenes from a different seed).
     """
-    from fabric.toy.train import render_dataset, to_model_range
+    from toyworld.train import render_dataset, to_model_range
 
     if cfg.reward_steps < 50:  # quick mode: keep rendering cheap too
         n_train, n_test = 128, 64

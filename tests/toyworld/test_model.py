@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from fabric.errors import WeightsNotFoundError
-from fabric.toy.model import build_toy_components, build_toy_pipeline, save_toy_weights, toy_weights_available
+from toyworld.model import build_toy_components, build_toy_pipeline, save_toy_weights, toy_weights_available
 
 
 def _generate(pipe, prompt: str, seed: int = 0, steps: int = 4, n: int = 1):
@@ -51,7 +51,7 @@ def test_save_and_load_roundtrip(tmp_path):
 
 
 def test_missing_checkpoint_says_how_to_make_one(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match="fabric.toy.train"):
+    with pytest.raises(WeightsNotFoundError, match="toyworld.train"):
         build_toy_pipeline(tmp_path / "nothing")
 
 
@@ -66,9 +66,9 @@ def test_components_are_seeded_without_touching_global_rng():
 
 @pytest.mark.parametrize("colour", ["red", "blue"])
 def test_packaged_model_draws_the_colour_it_is_asked_for(colour):
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
     from fabric.params import FabricParams
-    from fabric.toy.rewards import HEADS, load_attribute_classifier
+    from toyworld.rewards import HEADS, load_attribute_classifier
 
     gen = FabricGenerator(build_toy_pipeline())
     images = gen.generate(f"a {colour} shape", params=FabricParams(steps=10), n_images=8, seed=list(range(8)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fabric.errors import InvalidParameterError
-from fabric.toy.train import TrainConfig, caption_variants, render_dataset, train_unet, train_vae
+from toyworld.train import TrainConfig, caption_variants, render_dataset, train_unet, train_vae
 
 
 def _tiny_modules(seed: int):
@@ -54,7 +54,7 @@ def test_train_config_rejects_bad_values(field, value):
 
 
 def test_caption_variants_start_with_the_full_caption_and_are_seeded():
-    from fabric.toy.scenes import caption, sample_scenes
+    from toyworld.scenes import caption, sample_scenes
 
     scenes = sample_scenes(20, seed=3)
     variants = caption_variants(scenes, seed=1)

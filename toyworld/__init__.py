@@ -2,16 +2,16 @@
 
 Random-weight models prove that the machinery runs, not that FABRIC steers anything. The toy
 world closes that gap on a CPU: 64x64 scenes of coloured shapes with known attributes
-(:mod:`fabric.toy.scenes`), a small trained text-to-image model made of the real diffusers and
-transformers classes (:mod:`fabric.toy.model`), and reward models trained on the same world
-(:mod:`fabric.toy.rewards`).
+(:mod:`toyworld.scenes`), a small trained text-to-image model made of the real diffusers and
+transformers classes (:mod:`toyworld.model`), and reward models trained on the same world
+(:mod:`toyworld.rewards`).
 
 Only the scene generator is imported here; torch-based modules load on first use.
 """
 
 from __future__ import annotations
 
-from fabric.toy.scenes import (
+from toyworld.scenes import (
     BACKGROUNDS,
     COLOURS,
     SHAPES,

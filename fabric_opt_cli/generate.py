@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from fabric.cli import options
+from fabric_opt_cli import options
 from fabric.errors import ConfigError
 from fabric.params import FabricParams
 
@@ -98,7 +98,7 @@ def generate(
 
     from rich.progress import Progress
 
-    from fabric.generator import FabricGenerator
+    from fabric.fabric_generator import FabricGenerator
 
     with Progress(transient=True) as bar:
         task = bar.add_task("loading model", total=None)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fabric.cli.app import main
+from fabric_opt_cli.app import main
 
 A1111_PRESET = {"prompt": "a cat", "steps": 20, "sampler_name": "Euler a", "cfg_scale": 7, "width": 512, "height": 512}
 STUDY_BAD_YAML = "name: x\nobjective: [unclosed\n"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import json
+import importlib.resources
 import logging
 import random
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+PROMPTS_DIR = Path(str(importlib.resources.files("studies"))) / "prompts"  # built-in prompt lists (data)
 _SUFFIXES = (".txt", ".csv", ".json")
 _SELECTION_KEYS = {"offset", "limit", "sample", "seed"}
 _SOURCE_KEYS = {"file", "list", "column", "image_column", "images_dir"} | _SELECTION_KEYS

@@ -5,11 +5,11 @@ latents), a ``UNet2DConditionModel`` whose two levels are ``CrossAttnDownBlock2D
 ``CrossAttnUpBlock2D`` (so FABRIC's ``attn1`` self-attention hooks find transformer blocks at
 every level, as in SD 1.5), a ``transformers.CLIPTextModel`` with the 49,408-token CLIP
 vocabulary, and a DDIM scheduler with SD's ``scaled_linear`` betas. Trained weights ship in
-``fabric/toy/weights/`` (``python -m fabric.toy.train`` reproduces them).
+``toyworld/weights/`` (``python -m toyworld.train`` reproduces them).
 
 Example:
     >>> import torch
-    >>> from fabric.toy.model import build_toy_pipeline
+    >>> from toyworld.model import build_toy_pipeline
     >>> pipe = build_toy_pipeline()
     >>> g = torch.Generator().manual_seed(0)
     >>> image = pipe("a large red star on a blue background", num_inference_steps=20,
@@ -167,7 +167,7 @@ def _load_components(root: Path) -> dict[str, torch.nn.Module]:
 
     if not toy_weights_available(root):
         raise WeightsNotFoundError(
-            f"no toy checkpoint in {root}; run `python -m fabric.toy.train --out {root}` or pass trained=False"
+            f"no toy checkpoint in {root}; run `python -m toyworld.train --out {root}` or pass trained=False"
         )
     try:
         configs = {c: json.loads((root / f"{c}_config.json").read_text()) for c in _COMPONENTS}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fabric.errors import InvalidParameterError
-from fabric.toy.scenes import Scene, Shape, render
+from toyworld.scenes import Scene, Shape, render
 
 objectives_base = pytest.importorskip("objectives.base")
 

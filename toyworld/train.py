@@ -1,20 +1,20 @@
-"""Train the toy world's models on CPU, reproducibly: ``python -m fabric.toy.train``.
+"""Train the toy world's models on CPU, reproducibly: ``python -m toyworld.train``.
 
 Two jobs, both seeded end to end (data, initialisation, batches, noise):
 
-* ``sd``: the toy Stable Diffusion (:mod:`fabric.toy.model`). First the VAE (L1 + MSE
+* ``sd``: the toy Stable Diffusion (:mod:`toyworld.model`). First the VAE (L1 + MSE
   reconstruction, a tiny KL term), then the latents' scale is measured, then the UNet and the
   text encoder together with the standard epsilon-prediction loss (min-SNR-5 weighting, 10 %
   empty captions for classifier-free guidance, EMA weights are the ones saved).
-* ``rewards``: the attribute classifier and toy-clip (:mod:`fabric.toy.rewards`).
+* ``rewards``: the attribute classifier and toy-clip (:mod:`toyworld.rewards`).
 
 ``--quick`` runs every phase for a handful of steps into a temporary folder (a smoke test, about a
 minute). The full run's time and hardware are recorded in ``training.json`` beside the weights and
 in docs/BENCHMARKS.md.
 
 Example:
-    python -m fabric.toy.train --only sd --out fabric/toy/weights
-    python -m fabric.toy.train --quick
+    python -m toyworld.train --only sd --out toyworld/weights
+    python -m toyworld.train --quick
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def render_dataset(n: int, seed: int, split: str = "train") -> tuple[torch.Tenso
     """
     import numpy as np
 
-    from fabric.toy.scenes import caption, render, sample_scenes
+    from toyworld.scenes import caption, render, sample_scenes
 
     scenes = sample_scenes(n, seed=seed, split=split)
     arrays = np.stack([np.asarray(render(s)) for s in scenes])  # (n, 64, 64, 3)
@@ -173,7 +173,7 @@ def caption_variants(scenes: Sequence, seed: int, n_partial: int = 2) -> list[tu
     """Per scene: its full caption, then ``n_partial`` partial ones (seeded)."""
     import random
 
-    from fabric.toy.scenes import caption, partial_caption
+    from toyworld.scenes import caption, partial_caption
 
     rng = random.Random(seed)
     return [(caption(s), *(partial_caption(s, rng) for _ in range(n_partial))) for s in scenes]
@@ -190,7 +190,7 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[Seq
     from diffusers import DDPMScheduler
 
     from fabric.tokenizer import offline_clip_tokenizer
-    from fabric.toy.model import scheduler_config
+    from toyworld.model import scheduler_config
 
     tokenizer = offline_clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
 
@@ -256,8 +256,8 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[Seq
 def reconstruction_accuracy(vae, seed: int, n: int = 500) -> dict[str, float] | None:
     """The attribute classifier's accuracy on VAE round trips of ``n`` held-out scenes
     (``None`` when no trained classifier is packaged): what the VAE lets the U-Net express."""
-    from fabric.toy.model import DEFAULT_WEIGHTS_DIR
-    from fabric.toy.rewards import classifier_accuracy, load_attribute_classifier, scene_targets
+    from toyworld.model import DEFAULT_WEIGHTS_DIR
+    from toyworld.rewards import classifier_accuracy, load_attribute_classifier, scene_targets
 
     if not (DEFAULT_WEIGHTS_DIR / "classifier.safetensors").is_file():
         return None
@@ -270,7 +270,7 @@ def reconstruction_accuracy(vae, seed: int, n: int = 500) -> dict[str, float] | 
 
 def train_sd(cfg: TrainConfig, out: Path) -> dict:
     """Train the toy Stable Diffusion and write its weights to ``out``; returns a summary."""
-    from fabric.toy.model import build_toy_components, save_toy_weights
+    from toyworld.model import build_toy_components, save_toy_weights
 
     generator = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -301,9 +301,9 @@ def _hardware() -> dict:
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point; returns the output folder."""
-    parser = argparse.ArgumentParser(prog="python -m fabric.toy.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m toyworld.train", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: fabric/toy/weights, or a temp folder with --quick)")
+                        help="output folder (default: toyworld/weights, or a temp folder with --quick)")
     parser.add_argument("--only", choices=("sd", "rewards", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="a few steps of every phase, into a temp folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     elif args.quick:
         out = Path(tempfile.mkdtemp(prefix="fabric-toy-"))
     else:
-        from fabric.toy.model import DEFAULT_WEIGHTS_DIR
+        from toyworld.model import DEFAULT_WEIGHTS_DIR
 
         out = DEFAULT_WEIGHTS_DIR
     out.mkdir(parents=True, exist_ok=True)
@@ -336,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         record["sd"] = train_sd(cfg, out)
         (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     if args.only in ("rewards", "all"):
-        from fabric.toy.rewards import train_rewards
+        from toyworld.rewards import train_rewards
 
         record["rewards"] = train_rewards(cfg, out)
         (out / "rewards_training.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -11,7 +11,7 @@ from PIL import Image
 from fabric.errors import ConfigError
 from optimize.protocol import DEFAULT_NEGATIVE_PROMPT
 from fabric.params import FabricParams
-from studies import StudyConfig, available_studies, load_study_config, read_study_data, resolve_study
+from optimize.config import StudyConfig, available_studies, load_study_config, read_study_data, resolve_study
 
 PAPER_NEGATIVE = "lowres, bad anatomy, bad hands, cropped, worst quality"
 
@@ -44,7 +44,7 @@ def test_builtin_studies():
 
 
 def test_toy_studies_steer_colour_free_prompts_towards_a_taste():
-    from fabric.toy.scenes import COLOURS
+    from toyworld.scenes import COLOURS
 
     toy, noisy, demo = (load_study_config(n) for n in ("toy", "toy-noisy", "toy-demo"))
     assert toy.model == "toy" and toy.objective == "toy-taste" and toy.objective_options == {"toy-taste": {"taste": "warm"}}
@@ -176,5 +176,5 @@ def test_loading_a_study_imports_no_heavy_library():
     import subprocess
     import sys
 
-    code = "import sys, studies; studies.load_study_config('pickscore'); print(sorted(m for m in ('torch', 'optuna', 'mlflow') if m in sys.modules))"
+    code = "import sys, optimize.config; optimize.config.load_study_config('pickscore'); print(sorted(m for m in ('torch', 'optuna', 'mlflow') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

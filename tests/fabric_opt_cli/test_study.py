@@ -1,5 +1,5 @@
 """The ``study``, ``report`` and ``export`` commands, run in-process through
-``fabric.cli.app.main`` (the console entry point), on the tiny model.
+``fabric_opt_cli.app.main`` (the console entry point), on the tiny model.
 
 Bad input must give one ``error: ...`` line, exit code 2, and leave no study, run or file behind.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fabric.cli.app import main
+from fabric_opt_cli.app import main
 from fabric.preset import read_preset
 from optimize.export import parse_a1111
 
@@ -234,7 +234,7 @@ def test_study_modules_import_no_heavy_library():
     import sys
 
     code = (
-        "import sys, fabric.cli.study, optimize.study, optimize.tracking, optimize.export, optimize.report, studies\n"
+        "import sys, fabric_opt_cli.study, optimize.study, optimize.tracking, optimize.export, optimize.report, studies\n"
         "print(sorted(m for m in ('mlflow', 'optuna', 'torch', 'matplotlib', 'botorch') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

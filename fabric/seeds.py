@@ -1,0 +1,26 @@
+"""Seeds derived from their parts, the same in every process and on every machine.
+
+Python's ``hash()`` is salted per process, so anything reproducible derives its seeds here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+
+__all__ = ["stable_seed", "cpu_generators"]
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from ``parts`` (joined by their ``str``), the same in every process."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def cpu_generators(seed: int | Sequence[int]) -> torch.Generator | list[torch.Generator]:
+    """CPU ``torch.Generator``\\ s (the same draws on every device): one for ``seed``, or one per seed."""
+    if isinstance(seed, int):
+        return torch.Generator("cpu").manual_seed(seed)
+    return [torch.Generator("cpu").manual_seed(s) for s in seed]

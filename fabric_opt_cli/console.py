@@ -1,0 +1,166 @@
+"""What every command prints: rich consoles, progress bars, parameter tables and summaries.
+
+Commands print results on stdout and progress on stderr; libraries that log every trial or
+migration are quieted to warnings, since the progress bars and summaries say the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+    from optimize.recommend import Recommendation
+    from optimize.study import StudyOutcome
+
+__all__ = ["get_console", "quiet_libraries", "RichProgress", "params_table", "fmt", "print_summary", "print_recommendation"]
+
+
+def quiet_libraries() -> None:
+    # Optuna logs every trial and MLflow its database migrations at INFO; the progress bars and
+    # the summary say the same for a command-line user.
+    import os
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is first imported
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a URL per trial run; the summary has one
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def get_console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+class RichProgress:
+    """rich progress bars for :func:`optimize.study.run_study` (an ``optimize.study.StudyProgress``)."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )  # fmt: skip
+        self.status = self.bar.add_task("loading models", total=None)
+        self.trials: Any = None
+        self.rounds: Any = None
+
+    def __enter__(self) -> "RichProgress":
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.stop()
+
+    def begin(self, name: str, budget: int, finished: int, to_run: int) -> None:
+        self.bar.update(self.status, visible=False)
+        self.trials = self.bar.add_task(f"study {name}: trials", total=budget, completed=finished)
+
+    def baseline(self, n_prompts: int) -> None:
+        self.bar.update(self.status, description=f"no-feedback baseline on {n_prompts} prompt(s)")
+
+    def trial_start(self, number: int, total_rounds: int) -> None:
+        if self.rounds is not None:
+            self.bar.remove_task(self.rounds)
+        self.rounds = self.bar.add_task(f"  trial {number}: rounds", total=total_rounds)
+
+    def round_done(self, number: int, prompt_index: int, round_index: int) -> None:
+        if self.rounds is not None:
+            self.bar.advance(self.rounds)
+
+    def trial_end(self, trial: "optuna.trial.FrozenTrial") -> None:
+        if self.trials is not None:
+            self.bar.advance(self.trials)
+        values = ", ".join(f"{v:.4g}" for v in trial.values) if trial.values else ""
+        self.bar.console.print(f"trial {trial.number} {trial.state.name.lower()}" + (f": {values}" if values else ""))
+
+    def finishing(self) -> None:
+        if self.rounds is not None:
+            self.bar.remove_task(self.rounds)
+            self.rounds = None
+        self.bar.update(self.status, visible=True, description="recommendation, plots, presets")
+
+    def end(self) -> None:
+        self.bar.update(self.status, visible=False)
+
+    # report's held-out evaluation reuses the same bars
+    def evaluating(self, description: str) -> None:
+        self.bar.update(self.status, visible=True, description=description)
+
+
+def params_table(title: str, columns: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("parameter")
+    for header in columns:
+        table.add_column(header, justify="right")
+    names = list(next(iter(columns.values())).to_dict()) if columns else []
+    for key in names:
+        table.add_row(key, *(fmt(getattr(p, key)) for p in columns.values()))
+    return table
+
+
+def fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def print_summary(outcome: "StudyOutcome") -> None:
+    from optuna.trial import TrialState
+
+    from optimize.tracking import ui_command
+
+    console = get_console()
+    study, config = outcome.study, outcome.config
+    counts = {s: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    for t in study.get_trials(deepcopy=False):
+        if t.state in counts:
+            counts[t.state] += 1
+    finished = sum(counts.values())
+    verb = "resumed" if outcome.resumed else "created"
+    console.print(f"[bold]Study {study.study_name}[/bold] ({verb}; storage {outcome.storage})")
+    console.print(
+        f"trials: {finished} of {config.trials} finished ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+        f"{counts[TrialState.FAIL]} failed); {len(outcome.new_trials)} run now"
+    )
+    if finished >= config.trials and not outcome.new_trials:
+        console.print(f"the budget of {config.trials} trials is spent; pass --trials N (> {config.trials}) to run more")
+    rec = outcome.recommendation
+    if rec is not None:
+        print_recommendation(console, rec, len(study.directions))
+    if outcome.presets:
+        console.print(f"recommended preset: {outcome.presets[0]}  (fabric-opt generate --preset {outcome.presets[0]})")
+        others = ", ".join(str(p) for p in outcome.presets[1:] if not p.name.endswith(".preset.json"))
+        console.print(f"exports: {others}")
+    if outcome.plots:
+        console.print(f"plots: {', '.join(str(p) for p in outcome.plots)}")
+    if outcome.tracking_uri:
+        console.print(f"MLflow: {outcome.tracking_uri} (experiment {study.study_name}, parent run {outcome.parent_run_id})")
+        if outcome.tracking_url and outcome.tracking_url.startswith("http"):
+            console.print(f"  {outcome.tracking_url}")
+        else:
+            console.print(f"  {ui_command(outcome.tracking_uri)}")
+    elif outcome.tracking_failure:
+        console.print(f"MLflow: tracking failed ({outcome.tracking_failure}); the trials are in {outcome.storage}")
+    else:
+        console.print("MLflow: tracking disabled")
+
+
+def print_recommendation(console: Any, rec: "Recommendation", n_objectives: int) -> None:
+    what = "posterior mean" if rec.method == "posterior_mean" else rec.method.replace("_", " ")
+    objective = " (first objective)" if n_objectives > 1 else ""
+    console.print(
+        f"recommended: trial {rec.best.trial_number} by {what}{objective}, estimate {rec.best.estimate:.4g}; "
+        f"noisy best: trial {rec.noisy_best.trial_number}, observed {rec.noisy_best.observed:.4g}"
+    )
+    columns = {"recommended": rec.params}
+    if rec.noisy_best.trial_number != rec.best.trial_number:
+        columns["noisy best"] = rec.noisy_best.params
+    console.print(params_table("Parameters", columns))
