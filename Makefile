@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean
+.PHONY: install test test-fast lint demo bench clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -16,8 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# lint (ruff: lint and format check; mypy) then the whole suite
+test: lint
 	$(BIN)/python -m pytest -q
+
+# the suite without the end-to-end tests marked slow (kill -9, several workers, real servers)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The offline demo (studies/toy-demo.yaml): the toy model trained in-project, steered by a
 # simulated user who likes warm colours; 10 trials, then the report: the held-out comparison with

@@ -22,8 +22,8 @@ activations, softmax) is not counted, on either side.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 __all__ = [
     "Attn1Layer",

@@ -17,7 +17,8 @@ Further parts (``--parts``):
 * ``rounds``: an iterative session (rounds with growing liked/disliked lists, the token cache
   kept) against the same rounds run cold, and against repeating the final round cold; once
   with a large token cache and once with the default budget scaled to this model.
-* ``options``: ``mask`` vs ``fold`` bias, the fused reference pass (``fuse``), channels-last U-Net, and (``--options ...,compile``)
+* ``options``: ``mask`` vs ``fold`` bias, the fused reference pass (``fuse``), channels-last U-Net,
+  and (``--options ...,compile``)
   a ``torch.compile``d U-Net forward, each measured off/on, interleaved, for the plain call and
   FABRIC 2+2. Compiling the tiny U-Net took 3 min (plain) and 10 min (FABRIC's shapes) on the
   shared 2-core CPU, hence opt-in.
@@ -55,16 +56,16 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+
+from fabric.shapes import SD15_UNET, SDXL_UNET
 
 __all__ = [
     "BenchConfig",
     "MODELS",
-    "SD15_UNET",
-    "SDXL_UNET",
     "backends",
     "build_pipeline",
     "entry_bytes",
@@ -120,34 +121,6 @@ def _sd_vae(scaling_factor: float, sample_size: int, force_upcast: bool):
 
 
 _BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-#: SD 1.5's U-Net config (DESIGN section 6); the diffusers defaults but for the text width
-SD15_UNET = dict(
-    sample_size=64,
-    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    block_out_channels=(320, 640, 1280, 1280),
-    layers_per_block=2,
-    cross_attention_dim=768,
-    attention_head_dim=8,
-)
-
-#: SDXL base's U-Net config (DESIGN section 6)
-SDXL_UNET = dict(
-    sample_size=128,
-    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(320, 640, 1280),
-    layers_per_block=2,
-    transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20),
-    cross_attention_dim=2048,
-    use_linear_projection=True,
-    addition_embed_type="text_time",
-    addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816,
-)
 
 
 def _sd15(device, dtype, seed: int):
@@ -491,7 +464,12 @@ def throughput(gen, cfg: BenchConfig) -> dict:
             "ratio_cpu": ratio_cpu,
             "ratios_wall_all": [round(a, 3) for a, _ in ratios[k]],
             "flop_ratio": est.ratio,
-            "flops": {"plain": est.plain, "reference_passes": est.reference_passes, "attention": est.attention, "once": est.once},
+            "flops": {
+                "plain": est.plain,
+                "reference_passes": est.reference_passes,
+                "attention": est.attention,
+                "once": est.once,
+            },
             "active_steps": est.active_steps,
             "time_over_bound_wall": ratio_wall / est.ratio,
             "time_over_bound_cpu": ratio_cpu / est.ratio,
@@ -505,7 +483,7 @@ def entry_bytes(unet_config, latent_hw: tuple[int, int], element_size: int) -> i
     """Bytes of one reference-token cache entry (one image at one step, every ``attn1`` layer)."""
     from bench.flops import attn1_layers
 
-    return element_size * sum(l.tokens * l.channels for l in attn1_layers(unet_config, latent_hw))
+    return element_size * sum(layer.tokens * layer.channels for layer in attn1_layers(unet_config, latent_hw))
 
 
 #: entries the generator's default 1 GiB token cache holds for SD 1.5 at 512x512 in fp16 (46)
@@ -556,7 +534,10 @@ def rounds(gen, cfg: BenchConfig, budgets: dict[str, int] | None = None) -> dict
     # FLOPs: each session round attends to all its references but runs (and encodes) only the
     # one new liked and disliked image; the cold runs pay every reference every round
     new = _estimate(gen, cfg, 1)
-    flops_session = sum(e.plain + e.attention + new.reference_passes + new.once for e in (_estimate(gen, cfg, i) for i in range(1, n + 1)))
+    flops_session = sum(
+        e.plain + e.attention + new.reference_passes + new.once
+        for e in (_estimate(gen, cfg, i) for i in range(1, n + 1))
+    )
     flops_final = n * _estimate(gen, cfg, n).fabric
     out = {
         "rounds": n,
@@ -593,7 +574,9 @@ def backends(gen, cfg: BenchConfig, refs: int = 2) -> dict:
 
     pipe = gen.pipeline
     factor = pipe.vae_scale_factor
-    layer = max(attn1_layers(pipe.unet.config, (cfg.size // factor, cfg.size // factor)), key=lambda l: l.tokens)
+    layer = max(
+        attn1_layers(pipe.unet.config, (cfg.size // factor, cfg.size // factor)), key=lambda layer: layer.tokens
+    )
     dev, dt = torch.device(cfg.device), cfg.torch_dtype
     g = torch.Generator("cpu").manual_seed(cfg.seed)
     d = layer.channels // layer.heads
@@ -688,7 +671,10 @@ def headroom(gen, cfg: BenchConfig, refs: int = 2) -> dict:
         added = None
         if ucfg.addition_embed_type == "text_time":
             pooled = ucfg.projection_class_embeddings_input_dim - 6 * ucfg.addition_time_embed_dim
-            added = {"text_embeds": torch.randn(n, pooled, generator=g).to(dev, dt), "time_ids": torch.zeros(n, 6, device=dev, dtype=dt)}
+            added = {
+                "text_embeds": torch.randn(n, pooled, generator=g).to(dev, dt),
+                "time_ids": torch.zeros(n, 6, device=dev, dtype=dt),
+            }
         return lambda: unet(x, 500, encoder_hidden_states=ctx, added_cond_kwargs=added, return_dict=False)
 
     main_rows, ref_rows = 2 * cfg.batch, 2 * refs
@@ -744,7 +730,7 @@ def options(gen, cfg: BenchConfig, names: Sequence[str], refs: int = 2) -> dict:
     return out
 
 
-def _option(run: "_Runner", switch: _Switch, cfg: BenchConfig, name: str, refs: int) -> dict:
+def _option(run: _Runner, switch: _Switch, cfg: BenchConfig, name: str, refs: int) -> dict:
     """One option off/on, interleaved, for the plain call and FABRIC ``refs + refs``."""
     calls = {"plain": run.plain}
     if refs:
@@ -788,7 +774,9 @@ def machine() -> dict:
         pass
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        info["cpu"] = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "")
+        info["cpu"] = next(
+            (line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), ""
+        )
     except (OSError, subprocess.SubprocessError):
         info["cpu"] = platform.processor()
     info["cores"] = os.cpu_count()
@@ -803,14 +791,40 @@ def _log_table(name: str, res: dict) -> None:
     logger.info("== %s ==", name)
     logger.info(
         "%-8s %9s %8s %8s %8s %8s %9s %9s %9s",
-        "variant", "images/s", "wall s", "ratio", "ratioCPU", "FLOPx", "t/bound", "tCPU/bnd", "peak MB",
+        "variant",
+        "images/s",
+        "wall s",
+        "ratio",
+        "ratioCPU",
+        "FLOPx",
+        "t/bound",
+        "tCPU/bnd",
+        "peak MB",
     )
-    logger.info("%-8s %9.3f %8.3f %8s %8s %8s %9s %9s %9.0f", "plain", p["images_per_s"], p["wall_s"], "1", "1", "1", "", "", p["peak_mb"])
+    logger.info(
+        "%-8s %9.3f %8.3f %8s %8s %8s %9s %9s %9.0f",
+        "plain",
+        p["images_per_s"],
+        p["wall_s"],
+        "1",
+        "1",
+        "1",
+        "",
+        "",
+        p["peak_mb"],
+    )
     for k, f in t["fabric"].items():
         logger.info(
             "%-8s %9.3f %8.3f %8.3f %8.3f %8.3f %9.3f %9.3f %9.0f",
-            k, f["images_per_s"], f["wall_s"], f["ratio_wall"], f["ratio_cpu"], f["flop_ratio"],
-            f["time_over_bound_wall"], f["time_over_bound_cpu"], f["peak_mb"],
+            k,
+            f["images_per_s"],
+            f["wall_s"],
+            f["ratio_wall"],
+            f["ratio_cpu"],
+            f["flop_ratio"],
+            f["time_over_bound_wall"],
+            f["time_over_bound_cpu"],
+            f["peak_mb"],
         )
 
 
@@ -824,23 +838,44 @@ def _parse_model(text: str) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.generator", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--models", default=None, help="comma list of NAME[:SIZE] (default: tiny on CPU, sd15,sdxl on CUDA)")
-    parser.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
-                        help="default: float32 on CPU, float16 on CUDA")
+    parser.add_argument(
+        "--models", default=None, help="comma list of NAME[:SIZE] (default: tiny on CPU, sd15,sdxl on CUDA)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default=None,
+        help="default: float32 on CPU, float16 on CUDA",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--refs", default="0,1,2,4", help="reference counts per polarity, comma list")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bias-mode", choices=("mask", "fold"), default="mask")
-    parser.add_argument("--fuse", choices=("auto", "on", "off"), default="auto",
-                        help="new references inside the main U-Net call (auto: the generator's default, on for CPU only)")
+    parser.add_argument(
+        "--fuse",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="new references inside the main U-Net call (auto: the generator's default, on for CPU only)",
+    )
     parser.add_argument("--cache-gb", type=float, default=1.0, help="token-cache bound in the throughput part")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-scaled-budget", dest="scaled_budget", action="store_false",
-                        help="rounds part: skip the session with the default cache budget scaled to the model")
-    parser.add_argument("--parts", default="backends,headroom,syncs,throughput,rounds,options",
-                        help="comma list of backends, headroom, syncs (CUDA), throughput, rounds, options")
-    parser.add_argument("--options", default="fold,fuse,channels_last", help="options part: comma list of fold, fuse, channels_last, compile")
+    parser.add_argument(
+        "--no-scaled-budget",
+        dest="scaled_budget",
+        action="store_false",
+        help="rounds part: skip the session with the default cache budget scaled to the model",
+    )
+    parser.add_argument(
+        "--parts",
+        default="backends,headroom,syncs,throughput,rounds,options",
+        help="comma list of backends, headroom, syncs (CUDA), throughput, rounds, options",
+    )
+    parser.add_argument(
+        "--options",
+        default="fold,fuse,channels_last",
+        help="options part: comma list of fold, fuse, channels_last, compile",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
@@ -848,7 +883,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # Busy-waiting OpenMP workers make 2-thread runs 10-20x slower on a CPU shared with other
     # jobs; passive waiting keeps them near the 1-thread time. It must be set before torch loads.
     if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
-        logger.warning("torch is already loaded: set OMP_WAIT_POLICY=PASSIVE in the environment for 2-thread CPU timings")
+        logger.warning(
+            "torch is already loaded: set OMP_WAIT_POLICY=PASSIVE in the environment for 2-thread CPU timings"
+        )
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     import torch
@@ -862,7 +899,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     models = args.models or ("tiny" if args.device == "cpu" else "sd15,sdxl")
     dtype = args.dtype or ("float32" if args.device == "cpu" else "float16")
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    results: dict = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "argv": list(sys.argv[1:] if argv is None else argv), "models": {}}
+    results: dict = {
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "argv": list(sys.argv[1:] if argv is None else argv),
+        "models": {},
+    }
     logger.info("machine: %s", results["machine"])
 
     def save() -> None:
@@ -891,7 +933,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
         t0 = time.perf_counter()
         pipe = build_pipeline(name, args.device, cfg.torch_dtype, cfg.seed)
-        gen = FabricGenerator(pipe, cache_bytes=int(cfg.cache_gb * 2**30), bias_mode=cfg.bias_mode, fuse_reference_pass=cfg.fuse)
+        gen = FabricGenerator(
+            pipe, cache_bytes=int(cfg.cache_gb * 2**30), bias_mode=cfg.bias_mode, fuse_reference_pass=cfg.fuse
+        )
         logger.info("%s built in %.1f s", name, time.perf_counter() - t0)
         res: dict = {"config": asdict(cfg)}
         results["models"][f"{name}:{size}"] = res

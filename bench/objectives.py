@@ -40,7 +40,11 @@ TINY = [
 # Groups share one backbone (built once, as load_objective shares it): build time is paid by
 # the first objective of a group, the others show scoring speed only.
 FULL = [
-    [("clipscore", {}, "CLIP ViT-L/14"), ("aesthetic", {}, "CLIP ViT-L/14 + MLP head"), ("diversity", {}, "CLIP ViT-L/14")],
+    [
+        ("clipscore", {}, "CLIP ViT-L/14"),
+        ("aesthetic", {}, "CLIP ViT-L/14 + MLP head"),
+        ("diversity", {}, "CLIP ViT-L/14"),
+    ],
     [("hps", {}, "CLIP ViT-L/14 (HPS v1)")],
     [("target", {}, "CLIP ViT-L/14 @ 336 px")],
     [("target", {"encoder": "dino"}, "DINOv2 ViT-B/14")],
@@ -82,7 +86,9 @@ def _parameters(objective) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def measure(name: str, options: dict, weights: str, *, images: int, batch_size: int, repeats: int, size: int, backbone: str = "") -> Result:
+def measure(
+    name: str, options: dict, weights: str, *, images: int, batch_size: int, repeats: int, size: int, backbone: str = ""
+) -> Result:
     """Builds one objective and times ``repeats`` scorings of ``images`` images."""
     import objectives
 
@@ -130,7 +136,10 @@ def _table(results: list[Result]) -> str:
     ]
     for r in results:
         label = r.objective + "".join(f" {k}={v}" for k, v in r.options.items())
-        lines.append(f"| {label} | {r.weights} | {r.backbone} | {r.parameters_m} | {r.build_s} | {r.images} x {r.batch_size} | {r.images_per_s} |")
+        lines.append(
+            f"| {label} | {r.weights} | {r.backbone} | {r.parameters_m} | {r.build_s} | {r.images} x "
+            f"{r.batch_size} | {r.images_per_s} |"
+        )
     return "\n".join(lines)
 
 
@@ -160,12 +169,20 @@ def main(argv: list[str] | None = None) -> list[Result]:
             gc.collect()  # free the previous backbone (ViT-H-14 is 4 GB in float32)
             for name, options, backbone in group:
                 n = args.full_images
-                results.append(measure(name, options, "random", images=n, batch_size=n, repeats=1, size=args.size, backbone=backbone))
+                results.append(
+                    measure(
+                        name, options, "random", images=n, batch_size=n, repeats=1, size=args.size, backbone=backbone
+                    )
+                )
                 logger.info("%s", results[-1])
     table = _table(results)
     sys.stdout.write(table + "\n")
     if args.json:
-        meta = {"torch": torch.__version__, "threads": args.threads, "machine": platform.processor() or platform.machine()}
+        meta = {
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "machine": platform.processor() or platform.machine(),
+        }
         args.json.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
     return results
 

@@ -30,11 +30,11 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -92,7 +92,7 @@ def _suggest_h6i(trial) -> np.ndarray:
 H6I_OPTIMUM = -3.269546604915493
 
 
-@lru_cache(maxsize=None)
+@cache
 def h6i_optimum() -> float:
     """Exhaustive search over the 121 integer settings, L-BFGS-B on the four floats."""
     from scipy.optimize import minimize
@@ -104,7 +104,9 @@ def h6i_optimum() -> float:
         for k6 in range(11):
             tail = np.array([k5 / 10, k6 / 10])
             for x0 in starts:
-                res = minimize(lambda c: hartmann6(np.concatenate([c, tail])), x0, bounds=[(0, 1)] * 4, method="L-BFGS-B")
+                res = minimize(
+                    lambda c: hartmann6(np.concatenate([c, tail])), x0, bounds=[(0, 1)] * 4, method="L-BFGS-B"
+                )
                 best = min(best, float(res.fun))
     return best
 
@@ -186,7 +188,9 @@ def summarize(runs: list[dict], checkpoints: tuple[int, ...]) -> dict:
 
 def markdown(summary: dict, checkpoints: tuple[int, ...]) -> str:
     lines = []
-    header = "| function | sampler | " + " | ".join(f"regret @{t} median [IQR]" for t in checkpoints) + " | overhead/trial |"
+    header = (
+        "| function | sampler | " + " | ".join(f"regret @{t} median [IQR]" for t in checkpoints) + " | overhead/trial |"
+    )
     lines += [header, "|" + "---|" * (len(checkpoints) + 3)]
     for function, rows in summary.items():
         for sampler, row in rows.items():
@@ -216,7 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_samplers.json"))
     parser.add_argument(
-        "--option", action="append", default=[], metavar="SAMPLER.KEY=VALUE",
+        "--option",
+        action="append",
+        default=[],
+        metavar="SAMPLER.KEY=VALUE",
         help="sampler option, e.g. botorch.n_startup_trials=5 (value parsed as JSON)",
     )
     parser.add_argument("--check-optimum", action="store_true", help="recompute the optimum of hartmann6i and exit")
@@ -234,7 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     checkpoints = tuple(t for t in (10, 20, 40) if t <= args.trials)
     jobs = [
         (f, s, seed, args.trials, options.get(s, {}))
-        for f in args.functions for s in args.samplers for seed in range(args.seeds)
+        for f in args.functions
+        for s in args.samplers
+        for seed in range(args.seeds)
     ]
     # The slow samplers first, so the pool does not end on one long job.
     jobs.sort(key=lambda j: j[1] not in ("botorch", "gp"))
@@ -243,13 +252,20 @@ def main(argv: list[str] | None = None) -> None:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for run in pool.map(run_one, *zip(*jobs)):
             runs.append(run)
-            logger.info("done %s/%s seed %d (%d/%d)", run["function"], run["sampler"], run["seed"], len(runs), len(jobs))
+            logger.info(
+                "done %s/%s seed %d (%d/%d)", run["function"], run["sampler"], run["seed"], len(runs), len(jobs)
+            )
     summary = summarize(runs, checkpoints)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"machine": machine(), "wall_s": time.perf_counter() - start, "args": vars(args) | {"out": str(args.out)},
-             "summary": summary, "runs": runs},
+            {
+                "machine": machine(),
+                "wall_s": time.perf_counter() - start,
+                "args": vars(args) | {"out": str(args.out)},
+                "summary": summary,
+                "runs": runs,
+            },
             indent=1,
         )
     )

@@ -32,8 +32,8 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["run_once", "main"]
 
@@ -41,14 +41,20 @@ logger = logging.getLogger(__name__)
 
 
 def run_once(
-    study: str, trials: int, cache: bool, prompt_batch: int = 1, seed: int = 0, sampler: str | None = None, fuse: bool | None = None
+    study: str,
+    trials: int,
+    cache: bool,
+    prompt_batch: int = 1,
+    seed: int = 0,
+    sampler: str | None = None,
+    fuse: bool | None = None,
 ) -> dict:
     """Run ``study`` with ``trials`` trials into a fresh temp folder; time it and count U-Net calls."""
     import torch
 
     from fabric.fabric_generator import FabricGenerator
-    from optimize.study import load_components, run_study
     from optimize.config import load_study_config
+    from optimize.study import load_components, run_study
 
     overrides = {"trials": trials, "seed": seed, "protocol": {"prompt_batch": prompt_batch}}
     if sampler is not None:
@@ -89,9 +95,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--study", default="toy-demo")
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=1, help="pairs of runs, interleaved")
-    parser.add_argument("--prompt-batch", type=int, default=1, help="N > 1: compare prompt_batch 1 with N (cache on) instead of the cache")
-    parser.add_argument("--sampler", default=None, help="override the study's sampler (e.g. random: the same trials in both arms)")
-    parser.add_argument("--fuse", choices=("auto", "on", "off"), default="auto", help="the generator's fuse_reference_pass in both arms")
+    parser.add_argument(
+        "--prompt-batch",
+        type=int,
+        default=1,
+        help="N > 1: compare prompt_batch 1 with N (cache on) instead of the cache",
+    )
+    parser.add_argument(
+        "--sampler", default=None, help="override the study's sampler (e.g. random: the same trials in both arms)"
+    )
+    parser.add_argument(
+        "--fuse", choices=("auto", "on", "off"), default="auto", help="the generator's fuse_reference_pass in both arms"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     fuse = {"auto": None, "on": True, "off": False}[args.fuse]
@@ -100,7 +115,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if args.prompt_batch > 1:
-        arms = {"batch 1": dict(cache=True, prompt_batch=1), f"batch {args.prompt_batch}": dict(cache=True, prompt_batch=args.prompt_batch)}
+        arms = {
+            "batch 1": dict(cache=True, prompt_batch=1),
+            f"batch {args.prompt_batch}": dict(cache=True, prompt_batch=args.prompt_batch),
+        }
     else:
         arms = {"cache off": dict(cache=False), "cache on": dict(cache=True)}
     runs: dict[str, list[dict]] = {label: [] for label in arms}
@@ -113,7 +131,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     reference = first[0]
 
     def differences(arm: list[dict]) -> list[float]:
-        return [x - y for r in arm for x, y, px, py in zip(r["values"], reference["values"], r["params"], reference["params"]) if px == py]
+        return [
+            x - y
+            for r in arm
+            for x, y, px, py in zip(r["values"], reference["values"], r["params"], reference["params"])
+            if px == py
+        ]
 
     within, between = differences(first), differences(second)
     pairs = within + between

@@ -20,9 +20,9 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["BenchConfig", "prompt_following", "feedback_steering", "main"]
 
@@ -41,8 +41,14 @@ class BenchConfig:
     tastes: tuple[str, ...] = ("warm", "stars", "circles")
     # colour- and kind-free prompts (the toy model trains on such partial captions): room to steer
     feedback_prompts: tuple[str, ...] = (
-        "a shape", "a shape on a black background", "a small shape", "a large shape on a white background",
-        "a shape on a gray background", "a large shape", "a shape on a blue background", "a small shape on a brown background",
+        "a shape",
+        "a shape on a black background",
+        "a small shape",
+        "a large shape on a white background",
+        "a shape on a gray background",
+        "a large shape",
+        "a shape on a blue background",
+        "a small shape on a brown background",
     )
     rounds: int = 4
     images_per_round: int = 6
@@ -101,7 +107,9 @@ def prompt_following(gen, cfg: BenchConfig) -> dict:
     # the floor: what the model draws when the prompt says nothing
     blank = []
     for k in range(cfg.n_prompts):
-        blank += gen.generate("", params=params, n_images=cfg.images_per_prompt, seed=_seeds(10_000 * (k + 1), cfg.images_per_prompt))
+        blank += gen.generate(
+            "", params=params, n_images=cfg.images_per_prompt, seed=_seeds(10_000 * (k + 1), cfg.images_per_prompt)
+        )
     results["generated, empty prompt"] = evaluate(
         [s for s in splits["held-out captions"] for _ in range(cfg.images_per_prompt)], blank
     )
@@ -125,8 +133,11 @@ def feedback_steering(gen, cfg: BenchConfig, max_weight: float | None = None, ou
     from toyworld.rewards import get_taste, load_attribute_classifier
 
     classifier = load_attribute_classifier()
-    params = FabricParams(steps=cfg.steps, guidance_scale=cfg.guidance_scale,
-                          max_weight=cfg.max_weight if max_weight is None else max_weight)
+    params = FabricParams(
+        steps=cfg.steps,
+        guidance_scale=cfg.guidance_scale,
+        max_weight=cfg.max_weight if max_weight is None else max_weight,
+    )
     results: dict = {"params": params.to_dict(), "prompts": list(cfg.feedback_prompts)}
     rng = np.random.default_rng(cfg.seed)
     for taste_name in cfg.tastes:
@@ -139,8 +150,9 @@ def feedback_steering(gen, cfg: BenchConfig, max_weight: float | None = None, ou
                 liked, disliked = [], []
                 for r in range(cfg.rounds):
                     seeds = _seeds(1_000_000 * (p + 1) + 1_000 * r, cfg.images_per_round)
-                    images = gen.generate(prompt, liked=liked, disliked=disliked, params=params,
-                                          n_images=cfg.images_per_round, seed=seeds)
+                    images = gen.generate(
+                        prompt, liked=liked, disliked=disliked, params=params, n_images=cfg.images_per_round, seed=seeds
+                    )
                     scores = taste(classifier.probabilities(images))
                     scores_mean[arm][p, r] = scores.mean()
                     hits[arm][p, r] = (scores > 0.5).float().mean()
@@ -192,17 +204,27 @@ def tuning_cost(study: str, presets: dict[str, Path]) -> dict:
     import torch
 
     from fabric.preset import load_params
-    from toyworld.rewards import HEADS, load_attribute_classifier
+    from optimize.config import load_study_config
     from optimize.samplers import DEFAULT_PRESETS
     from optimize.study import load_components, make_evaluator
-    from optimize.config import load_study_config
+    from toyworld.rewards import HEADS, load_attribute_classifier
 
     config = load_study_config(study)
     evaluator = make_evaluator(config, load_components(config))
     space = config.space
     rows = {"no feedback": (space.base, False)}
-    rows.update({name: (space.to_params(space.from_params(DEFAULT_PRESETS[name], clip=True)), True) for name in ("paper", "a1111")})
-    rows.update({name: (space.to_params(space.from_params(load_params(path), clip=True)), True) for name, path in presets.items()})
+    rows.update(
+        {
+            name: (space.to_params(space.from_params(DEFAULT_PRESETS[name], clip=True)), True)
+            for name in ("paper", "a1111")
+        }
+    )
+    rows.update(
+        {
+            name: (space.to_params(space.from_params(load_params(path), clip=True)), True)
+            for name, path in presets.items()
+        }
+    )
     classifier = load_attribute_classifier()
     prompts = config.protocol.validation_prompts
     last = config.protocol.rounds - 1
@@ -226,8 +248,11 @@ def tuning_cost(study: str, presets: dict[str, Path]) -> dict:
                 hits[head] = hits.get(head, 0.0) + float((probs[head].argmax(-1) == index).float().sum())
                 counts[head] = counts.get(head, 0) + len(final)
         adherence = {h: round(hits[h] / counts[h], 3) for h in sorted(hits)}
-        results[name] = {"final-round taste": round(float(torch.tensor(taste).mean()), 3), "adherence": adherence,
-                         "params": params.to_dict()}
+        results[name] = {
+            "final-round taste": round(float(torch.tensor(taste).mean()), 3),
+            "adherence": adherence,
+            "params": params.to_dict(),
+        }
         logger.info("(c) %-12s taste %.3f adherence %s", name, results[name]["final-round taste"], adherence)
     return results
 
@@ -247,8 +272,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.toy", description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("a", "b", "c", "all"), default="all")
     parser.add_argument("--study", default="toy", help="(c): the study whose held-out prompts and user are replayed")
-    parser.add_argument("--preset", action="append", default=[], metavar="NAME=PATH",
-                        help="(c): a tuned preset to replay, e.g. tuned=runs/toy/presets/toy.json (repeatable)")
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="(c): a tuned preset to replay, e.g. tuned=runs/toy/presets/toy.json (repeatable)",
+    )
     parser.add_argument("--weights", type=Path, default=None, help="toy checkpoint folder (default: packaged)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--grids", type=Path, default=None, help="save (b)'s image rows here")

@@ -19,8 +19,9 @@ module order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -209,7 +210,9 @@ class FabricAttnProcessor:
             main_out = self._extended_attention(attn, main, attention_mask, groups)
         return torch.cat([main_out, ref_out])
 
-    def _segments(self, batch: int, groups: tuple[LayerReferences | None, ...]) -> list[tuple[slice, torch.Tensor | None, float]]:
+    def _segments(
+        self, batch: int, groups: tuple[LayerReferences | None, ...]
+    ) -> list[tuple[slice, torch.Tensor | None, float]]:
         """``(rows, reference tokens, weight)`` per run of batch rows that share references.
 
         With guidance the batch is ``[uncond (B); cond (B)]`` and group ``g`` owns the same rows in
@@ -235,7 +238,9 @@ class FabricAttnProcessor:
                     segments.append((rows, tokens, weight))
         return segments
 
-    def _extended_attention(self, attn, x: torch.Tensor, attention_mask, groups: tuple[LayerReferences | None, ...]) -> torch.Tensor:
+    def _extended_attention(
+        self, attn, x: torch.Tensor, attention_mask, groups: tuple[LayerReferences | None, ...]
+    ) -> torch.Tensor:
         # x: (batch, N, C); with guidance the batch is [uncond (B); cond (B)]
         if attention_mask is not None:
             raise NotImplementedError("FABRIC does not support self-attention masks")

@@ -19,7 +19,9 @@ def check_int(
         error: the :class:`~fabric.errors.FabricOptError` subclass to raise (config files raise
             :class:`~fabric.errors.ConfigError`).
     """
-    kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
+    kind = {None: "an integer", 0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer >= {minimum}"
+    )
     if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         raise error(f"{name} must be {kind}, got {value!r}")
     return value

@@ -18,9 +18,24 @@ __all__ = [
 
 
 class FabricOptError(ValueError):
-    """Base class of every error caused by user input. Messages are one line."""
+    """Base class of every error caused by user input. Messages are one line.
+
+    Messages speak the library's language (argument names, files). When the fix is to give a
+    different value of one argument, ``option`` names it and ``example`` shows a value, so a
+    front end can point to its own spelling of it (the CLI adds ``--name NEW``).
+
+    Args:
+        message: what went wrong and how to fix it, one line.
+        option: the library argument the fix concerns, e.g. ``"name"``, ``"objective_weights"``.
+        example: an example value for ``option``, e.g. ``"pickscore=PATH"``.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str = "", *, option: str | None = None, example: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
+        self.example = example
 
 
 class InvalidParameterError(FabricOptError):

@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 import random
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from PIL import Image
@@ -184,7 +185,7 @@ class FabricGenerator:
         config: str | None = None,
         lora: Sequence[str | tuple[str, float]] = (),
         **kwargs,
-    ) -> "FabricGenerator":
+    ) -> FabricGenerator:
         """Load ``model`` (``"tiny"``, ``"toy"``, a hub id, a diffusers folder, or a single
         ``.safetensors``/``.ckpt`` file) onto ``device`` in ``dtype``.
 
@@ -215,7 +216,7 @@ class FabricGenerator:
     def dtype(self) -> torch.dtype:
         return self.pipeline.unet.dtype
 
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "FabricGenerator":
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> FabricGenerator:
         for module in self._modules():
             module.to(device=device, dtype=dtype)
         self.clear_caches()
@@ -320,7 +321,7 @@ class FabricGenerator:
     @torch.no_grad()
     def generate_many(
         self,
-        requests: Sequence["GenerationRequest"],
+        requests: Sequence[GenerationRequest],
         params: FabricParams | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -374,7 +375,10 @@ class FabricGenerator:
             prompts = [p for t in todo for p in t.prompts]
             negatives = [n for t in todo for n in t.negatives]
             seeds = [s for t in todo for s in t.seeds]
-            groups = [(len(t.seeds), self._references(t.liked, height, width), self._references(t.disliked, height, width)) for t in todo]
+            groups = [
+                (len(t.seeds), self._references(t.liked, height, width), self._references(t.disliked, height, width))
+                for t in todo
+            ]
             call.update(prompt=prompts, negative_prompt=negatives, generator=cpu_generators(seeds))
             images = self._denoise(call, groups, params, prompts, negatives, seeds)
             start = 0
@@ -411,7 +415,10 @@ class FabricGenerator:
     def _dropout(prompts: list[str], seeds: list[int], params: FabricParams) -> list[str]:
         if params.prompt_dropout <= 0:
             return prompts
-        return [drop_words(p, params.prompt_dropout, stable_seed("dropout", s, i)) for i, (p, s) in enumerate(zip(prompts, seeds))]
+        return [
+            drop_words(p, params.prompt_dropout, stable_seed("dropout", s, i))
+            for i, (p, s) in enumerate(zip(prompts, seeds))
+        ]
 
     @staticmethod
     def _feedback_images(liked, disliked, params: FabricParams) -> tuple[list[Image.Image], list[Image.Image]]:
@@ -443,12 +450,29 @@ class FabricGenerator:
         size, output type and the scheduler's class and config."""
         scheduler = self.pipeline.scheduler
         return (
-            tuple(prompts), tuple(negatives), seed if isinstance(seed, int) else tuple(seed),
-            call["num_inference_steps"], call["guidance_scale"], call["height"], call["width"], call["output_type"],
-            type(scheduler).__name__, repr(sorted(dict(scheduler.config).items())),
+            tuple(prompts),
+            tuple(negatives),
+            seed if isinstance(seed, int) else tuple(seed),
+            call["num_inference_steps"],
+            call["guidance_scale"],
+            call["height"],
+            call["width"],
+            call["output_type"],
+            type(scheduler).__name__,
+            repr(sorted(dict(scheduler.config).items())),
         )
 
-    def _denoise(self, call: dict, groups: list[Group], params: FabricParams, prompts, negatives, seed, *, may_drop_cache: bool = True):
+    def _denoise(
+        self,
+        call: dict,
+        groups: list[Group],
+        params: FabricParams,
+        prompts,
+        negatives,
+        seed,
+        *,
+        may_drop_cache: bool = True,
+    ):
         """Run the pipeline; on out-of-memory, free the token cache and retry, then retry in halves.
 
         ``groups`` are ``(images, liked references, disliked references)`` in batch order. Cached
@@ -460,10 +484,12 @@ class FabricGenerator:
         n = len(prompts)
         try:
             if not any(pos or neg for _, pos, neg in groups):
-                return self._images(self.pipeline(**call))
-            reference_pass = ReferencePass(self.pipeline, groups, params, cache=self.state_cache, bias_mode=self.bias_mode, fuse=self._fuses())
+                return self.pipeline(**call).images
+            reference_pass = ReferencePass(
+                self.pipeline, groups, params, cache=self.state_cache, bias_mode=self.bias_mode, fuse=self._fuses()
+            )
             with reference_pass.attached():
-                images = self._images(self.pipeline(**call))
+                images = self.pipeline(**call).images
             self._warn_if_cache_full(reference_pass.rejected)
             return images
         except torch.OutOfMemoryError:
@@ -474,7 +500,11 @@ class FabricGenerator:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         if cached:
-            logger.warning("out of memory with %d images per batch; retrying without the %.0f MB of cached reference tokens", n, cached / 2**20)
+            logger.warning(
+                "out of memory with %d images per batch; retrying without the %.0f MB of cached reference tokens",
+                n,
+                cached / 2**20,
+            )
             # fresh generators: the failed attempt already drew the initial latents from the old ones
             retry = dict(call, generator=cpu_generators(seed))
             return self._denoise(retry, groups, params, prompts, negatives, seed, may_drop_cache=False)
@@ -483,15 +513,13 @@ class FabricGenerator:
         outputs = []
         for rows, part in zip((slice(0, half), slice(half, n)), _split_groups(groups, half)):
             sub = {k: v for k, v in call.items() if k not in ("prompt", "negative_prompt", "num_images_per_prompt")}
-            sub.update(prompt=prompts[rows], negative_prompt=negatives[rows], generator=cpu_generators(list(seed)[rows]))
+            sub.update(
+                prompt=prompts[rows], negative_prompt=negatives[rows], generator=cpu_generators(list(seed)[rows])
+            )
             outputs.append(self._denoise(sub, part, params, prompts[rows], negatives[rows], list(seed)[rows]))
         if isinstance(outputs[0], torch.Tensor):
             return torch.cat(outputs)
         return outputs[0] + outputs[1]
-
-    @staticmethod
-    def _images(output):
-        return output.images if not isinstance(output.images, torch.Tensor) else output.images
 
     @staticmethod
     def _per_image(name: str, value: str | Sequence[str], n: int) -> list[str]:
@@ -557,7 +585,10 @@ class FabricGenerator:
         self._warned_cache_full = True
         logger.warning(
             "the reference-token cache (%.2f GiB) could not keep %d of this call's reference states (%.3g MB per "
-            "reference and step); later rounds will recompute them. Raise FabricGenerator(cache_bytes=...) or "
-            "--token-cache-gb if the device has memory to spare.",
-            cache.max_bytes / 2**30, rejected, cache.last_entry_bytes / 2**20,
+            "reference and step); later rounds will recompute them. Raise FabricGenerator(cache_bytes=...) if the "
+            "device has memory to spare.",
+            cache.max_bytes / 2**30,
+            rejected,
+            cache.last_entry_bytes / 2**20,
+            extra={"option": "cache_bytes"},
         )

@@ -7,7 +7,7 @@ uses :class:`fabric.FabricGenerator` and :class:`fabric.FabricParams` directly.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -57,7 +57,7 @@ class AttentionBasedGenerator:
         self.fabric = FabricGenerator(pipe, negative_prefix=prefix)
         self.pipeline = pipe
 
-    def to(self, device: str | torch.device) -> "AttentionBasedGenerator":
+    def to(self, device: str | torch.device) -> AttentionBasedGenerator:
         self.fabric.to(device)
         return self
 
@@ -97,5 +97,13 @@ class AttentionBasedGenerator:
             guidance_scale=guidance_scale,
         )
         return self.fabric.generate(
-            prompt, negative_prompt, liked, disliked, params=params, n_images=n_images, seed=seed, height=height, width=width
+            prompt,
+            negative_prompt,
+            liked,
+            disliked,
+            params=params,
+            n_images=n_images,
+            seed=seed,
+            height=height,
+            width=width,
         )

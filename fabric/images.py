@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence, Union
+from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
@@ -51,7 +52,10 @@ def load_image(image: ImageLike) -> Image.Image:
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot read image {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else 'corrupt file'}") from None
+        raise ImageError(
+            f"cannot read image {path}: {exc.__class__.__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'corrupt file'}"
+        ) from None
 
 
 def load_images(images: Iterable[ImageLike]) -> list[Image.Image]:

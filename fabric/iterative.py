@@ -9,16 +9,17 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
 from fabric.fabric_generator import FabricGenerator, drop_words
 from fabric.generator import AttentionBasedGenerator
-from fabric.seeds import stable_seed
 from fabric.images import ImageLike, load_images
 from fabric.params import FabricParams
+from fabric.seeds import stable_seed
 
 __all__ = ["IterativeFeedbackGenerator", "FeedbackSession"]
 
@@ -49,7 +50,7 @@ class IterativeFeedbackGenerator:
         self.disliked: list[Image.Image] = list(self.init_disliked)
         self.round = 0
 
-    def to(self, device) -> "IterativeFeedbackGenerator":
+    def to(self, device) -> IterativeFeedbackGenerator:
         self.generator.to(device)
         return self
 

@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import math
 import re
-import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import torch
 
+from fabric.checkpoints import read_checkpoint
 from fabric.errors import InvalidParameterError, ModelLoadError
 
 __all__ = [
@@ -135,26 +135,6 @@ def _resolve(path: str | Path) -> Path:
     return path
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a LoRA file; pickles are read with ``weights_only=True`` (no arbitrary objects)."""
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise ModelLoadError(f"corrupt or unreadable LoRA file {path}: {exc}") from None
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"cannot load LoRA {path} safely ({type(exc).__name__}); only tensor-only files are accepted"
-        ) from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelLoadError(f"LoRA file {path} is not a flat dict of tensors")
-    return state
-
-
 def _is_hps(path: Path) -> bool:
     # the HPS release is "adapted_model.bin"; FABRIC's own scripts match "hps_lora" in the path
     return path.name == "adapted_model.bin" or "hps" in path.name.lower()
@@ -197,7 +177,7 @@ def load_lora(
     if not hasattr(pipeline, "load_lora_weights"):
         raise ModelLoadError(f"{type(pipeline).__name__} does not support LoRA adapters")
     file = _resolve(path)
-    state_dict = _read_state_dict(file)
+    state_dict = read_checkpoint(file, "LoRA file")
     legacy = is_attn_procs_lora(state_dict)
     taken = _adapter_names(pipeline)
     if adapter_name is None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from fabric.checkpoints import first_line, read_checkpoint
 from fabric.errors import ModelLoadError
 
 __all__ = [
@@ -167,57 +167,19 @@ def _named_builder(name: str) -> ModelBuilder | None:
     return builder
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _from_pretrained(source: str, device, dtype):
     from diffusers import DiffusionPipeline
 
     try:
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, safety_checker=None)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise ModelLoadError(
-            f"could not load model {source!r}: {_first_line(exc)} (offline? pass a local folder or checkpoint file)"
+            f"could not load model {source!r}: {first_line(exc)} (offline? pass a local folder or checkpoint file)"
         ) from None
     return pipe.to(device)
 
 
 # ---- single-file checkpoints ------------------------------------------------------------------
-def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a ``.safetensors`` or ``.ckpt`` checkpoint, loaded safely on the CPU.
-
-    ``.ckpt`` files go through ``torch.load(weights_only=True)``, which rebuilds tensors and
-    plain containers only and refuses any other pickled object. A nested ``"state_dict"`` (the
-    Lightning layout) is unwrapped.
-
-    Raises:
-        ModelLoadError: the file is unreadable, or holds something other than tensors.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise ModelLoadError(f"corrupt or unreadable checkpoint {path}: {_first_line(exc)}") from None
-    try:
-        # mmap needs the zip-based format of torch >= 1.6; older pickles load into memory
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as exc:
-        raise ModelLoadError(
-            f"cannot load {path} safely ({type(exc).__name__}): only tensor-only .ckpt files are accepted; "
-            "convert it to .safetensors with a tool you trust"
-        ) from None
-    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-
-
 def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Key -> shape, reading only the header of a ``.safetensors`` file."""
     if path.suffix.lower() == ".safetensors":
@@ -225,9 +187,9 @@ def _checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
         except Exception as exc:
-            raise ModelLoadError(f"corrupt or unreadable checkpoint {path}: {_first_line(exc)}") from None
+            raise ModelLoadError(f"corrupt or unreadable checkpoint {path}: {first_line(exc)}") from None
     return {k: tuple(v.shape) for k, v in read_checkpoint(path).items()}
 
 
@@ -251,7 +213,9 @@ def detect_model_type(path: str | Path) -> str:
         )
     conv_in = shapes.get("model.diffusion_model.input_blocks.0.0.weight")
     if conv_in is not None and len(conv_in) == 4 and conv_in[1] != 4:
-        raise ModelLoadError(f"{path.name} is an inpainting/edit checkpoint ({conv_in[1]} input channels); use a text-to-image model")
+        raise ModelLoadError(
+            f"{path.name} is an inpainting/edit checkpoint ({conv_in[1]} input channels); use a text-to-image model"
+        )
     if any(k.startswith("conditioner.embedders.1.") for k in shapes):
         return "xl"
     if any(k.startswith("conditioner.embedders.0.model.") for k in shapes):
@@ -308,11 +272,13 @@ def _load_single_file(path: Path, device, dtype, *, model_type: str | None, conf
     try:
         pipe = cls.from_single_file(str(path), **kwargs)
     except Exception as exc:  # diffusers raises many types here; all mean "cannot load this file"
-        hint = ""
         if config is None:
-            hint = (
-                f" (offline? pass config=/--config a local diffusers folder of the same family, "
-                f"e.g. a copy of {_FAMILIES[family][1]})"
-            )
-        raise ModelLoadError(f"could not load checkpoint {path}: {_first_line(exc)}{hint}") from None
+            raise ModelLoadError(
+                f"could not load checkpoint {path}: {first_line(exc)} (offline? give config= a local diffusers "
+                "folder of "
+                f"the same family, e.g. a copy of {_FAMILIES[family][1]})",
+                option="config",
+                example="FOLDER",
+            ) from None
+        raise ModelLoadError(f"could not load checkpoint {path}: {first_line(exc)}") from None
     return pipe.to(device)

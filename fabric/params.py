@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
+from fabric.checks import check_int
 from fabric.errors import InvalidParameterError
 
 __all__ = ["FabricParams"]
@@ -43,11 +45,9 @@ class FabricParams:
             if f.name in ("steps", "max_references"):
                 if value is None and f.name == "max_references":
                     continue
-                if isinstance(value, bool) or not isinstance(value, int):
-                    if isinstance(value, float) and value.is_integer():
-                        object.__setattr__(self, f.name, int(value))
-                        continue
-                    raise InvalidParameterError(f"{f.name} must be an integer, got {value!r}")
+                if isinstance(value, float) and value.is_integer():  # 20.0 from a JSON or YAML file
+                    value = int(value)
+                object.__setattr__(self, f.name, check_int(f.name, value))
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidParameterError(f"{f.name} must be a number, got {value!r}")
@@ -81,24 +81,24 @@ class FabricParams:
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
-    def paper(cls) -> "FabricParams":
+    def paper(cls) -> FabricParams:
         """The FABRIC paper's evaluation defaults."""
         return cls()
 
     @classmethod
-    def a1111(cls) -> "FabricParams":
+    def a1111(cls) -> FabricParams:
         """The sd-webui-fabric extension's UI defaults."""
         return cls(max_weight=0.8, guidance_scale=7.0)
 
     # ---- serialisation -------------------------------------------------------------------
-    def replace(self, **changes: Any) -> "FabricParams":
+    def replace(self, **changes: Any) -> FabricParams:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "FabricParams":
+    def from_dict(cls, data: Mapping[str, Any]) -> FabricParams:
         if not isinstance(data, Mapping):
             raise InvalidParameterError(f"FABRIC parameters must be a mapping, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
@@ -113,7 +113,7 @@ class FabricParams:
         return json.dumps(self.to_dict(), **kwargs)
 
     @classmethod
-    def from_json(cls, text: str) -> "FabricParams":
+    def from_json(cls, text: str) -> FabricParams:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

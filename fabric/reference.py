@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import torch
 
@@ -62,7 +62,9 @@ _UNFUSABLE = (
 
 def empty_prompt(pipeline) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(1, 77, D)`` embedding of the empty prompt, and its pooled embedding for SDXL."""
-    out = pipeline.encode_prompt("", device=pipeline.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False)
+    out = pipeline.encode_prompt(
+        "", device=pipeline.unet.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
     if len(out) == 4:  # SDXL: (embeds, negative, pooled, negative pooled)
         return out[0], out[2]
     return out[0], None
@@ -146,7 +148,9 @@ class ReferencePass:
         self.fuse = fuse
         guidance = params.guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
         self.state = FabricState(groups=tuple(n for n, _, _ in groups), guidance=guidance, bias_mode=bias_mode)
-        self.layer_names = [name[: -len(".processor")] for name in self.unet.attn_processors if name.endswith("attn1.processor")]
+        self.layer_names = [
+            name[: -len(".processor")] for name in self.unet.attn_processors if name.endswith("attn1.processor")
+        ]
         self.empty, self.pooled = empty_prompt(pipeline)
         self.rejected = 0  # token-cache entries this call could not store
         self._step: _Step | None = None
@@ -158,7 +162,9 @@ class ReferencePass:
         unet = self.unet
         previous = dict(unet.attn_processors)
         processors = {
-            name: FabricAttnProcessor(name[: -len(".processor")], self.state, proc) if name.endswith("attn1.processor") else proc
+            name: FabricAttnProcessor(name[: -len(".processor")], self.state, proc)
+            if name.endswith("attn1.processor")
+            else proc
             for name, proc in previous.items()
         }
         unet.set_attn_processor(processors)
@@ -214,7 +220,9 @@ class ReferencePass:
             z_t = self._noised([needed[i] for i in missing], t, index)
             return self._with_reference_rows(args, kwargs, z_t, time_ids)
         recorded = dict(zip((r.key for r in needed), self._record(needed, keys, found, t, index, time_ids)))
-        state.layers = {name: self._layer_references(name, lambda r, name=name: recorded[r.key][name]) for name in self.layer_names}
+        state.layers = {
+            name: self._layer_references(name, lambda r, name=name: recorded[r.key][name]) for name in self.layer_names
+        }
         state.mode = "inject"
         return None
 
@@ -252,7 +260,9 @@ class ReferencePass:
         step = distinct.index(round(float(timesteps[index]), 4)) * self.params.steps // max(len(distinct), 1)
         return index, step
 
-    def _layer_references(self, name: str, tokens_of: Callable[[Reference], torch.Tensor]) -> tuple[LayerReferences, ...]:
+    def _layer_references(
+        self, name: str, tokens_of: Callable[[Reference], torch.Tensor]
+    ) -> tuple[LayerReferences, ...]:
         step = self._step
         assert step is not None
         pos_w, neg_w = step.pos_w[name], step.neg_w[name]
@@ -275,7 +285,12 @@ class ReferencePass:
         a = alpha_bar(self.pipeline.scheduler, t, index)
         z0 = torch.stack([r.latent for r in refs])
         eps = torch.stack(
-            [torch.randn(z0.shape[1:], generator=torch.Generator("cpu").manual_seed(stable_seed("ref-noise", r.key, t_key))) for r in refs]
+            [
+                torch.randn(
+                    z0.shape[1:], generator=torch.Generator("cpu").manual_seed(stable_seed("ref-noise", r.key, t_key))
+                )
+                for r in refs
+            ]
         ).to(device=z0.device, dtype=z0.dtype)
         return a**0.5 * z0 + (1 - a) ** 0.5 * eps
 
@@ -289,7 +304,9 @@ class ReferencePass:
             found.append(tokens)
         return found
 
-    def _record(self, refs: list[Reference], keys: list[tuple], found: list, t, index: int, time_ids) -> list[dict[str, torch.Tensor]]:
+    def _record(
+        self, refs: list[Reference], keys: list[tuple], found: list, t, index: int, time_ids
+    ) -> list[dict[str, torch.Tensor]]:
         """Tokens of each reference at every ``attn1`` layer, at timestep ``t``.
 
         ``found`` holds the cached ones (:meth:`_cached`); the others run through the U-Net in
@@ -306,7 +323,13 @@ class ReferencePass:
             state = self.state
             state.mode, state.recorded = "record", {}
             try:
-                self.unet(z_t, t, encoder_hidden_states=self.empty.expand(n, -1, -1), added_cond_kwargs=added, return_dict=False)
+                self.unet(
+                    z_t,
+                    t,
+                    encoder_hidden_states=self.empty.expand(n, -1, -1),
+                    added_cond_kwargs=added,
+                    return_dict=False,
+                )
             finally:
                 state.mode = "off"
             recorded, state.recorded = state.recorded, {}
@@ -327,7 +350,9 @@ class ReferencePass:
         if self.pooled is not None:
             added = kwargs["added_cond_kwargs"]
             kwargs["added_cond_kwargs"] = {
-                "text_embeds": torch.cat([added["text_embeds"], self.pooled.to(added["text_embeds"].dtype).expand(n, -1)]),
+                "text_embeds": torch.cat(
+                    [added["text_embeds"], self.pooled.to(added["text_embeds"].dtype).expand(n, -1)]
+                ),
                 "time_ids": torch.cat([added["time_ids"], time_ids.expand(n, -1)]),
             }
         return (torch.cat([sample, z_t.to(sample.dtype)]), t), kwargs

@@ -12,8 +12,8 @@ Reference semantics (DESIGN section 2):
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 from fabric.params import FabricParams
 
@@ -59,7 +59,9 @@ def step_weights(step: int, num_steps: int, params: FabricParams) -> StepWeights
     return StepWeights(pos=w, neg=w * params.neg_scale)
 
 
-def depth_profile(weight: float, bottleneck_scale: float, num_down_blocks: int) -> tuple[list[float], float, list[float]]:
+def depth_profile(
+    weight: float, bottleneck_scale: float, num_down_blocks: int
+) -> tuple[list[float], float, list[float]]:
     """Per-block weights ``(down, mid, up)`` for a U-Net with ``num_down_blocks`` levels.
 
     Example (SD 1.5, D=4, w=1, scale=0.5): down ``[1, .875, .75, .625]``, mid ``.5``,

@@ -49,8 +49,12 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "ddim": SchedulerSpec("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False}),
     "ddpm": SchedulerSpec("DDPMScheduler", {"clip_sample": False}),
     "pndm": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False}),
-    "dpm++": SchedulerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
-    "dpm++-karras": SchedulerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "dpm++": SchedulerSpec(
+        "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}
+    ),
+    "dpm++-karras": SchedulerSpec(
+        "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}
+    ),
     "dpm++-2m-sde": SchedulerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
     "dpm++-2s": SchedulerSpec("DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++"}),
     "dpm++-sde": SchedulerSpec("DPMSolverSDEScheduler", requires="torchsde"),

@@ -6,7 +6,7 @@ Python's ``hash()`` is salted per process, so anything reproducible derives its 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -16,7 +16,7 @@ in a fraction of a second on a CPU. Weights are initialised deterministically fr
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -75,7 +75,14 @@ def _tiny_unet(**config):
     """A 3-level U-Net on 8x8 latents (64x64 images); ``config`` sets the family's blocks."""
     from diffusers import UNet2DConditionModel
 
-    base = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=16)
+    base = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        norm_num_groups=16,
+    )
     return UNet2DConditionModel(**base, **config)
 
 

@@ -37,9 +37,12 @@ def clip_bpe_vocab() -> tuple[dict[str, int], tuple[str, ...]]:
     """
     spec = importlib.util.find_spec("open_clip")
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError("the offline CLIP tokenizer reads its vocabulary from open_clip: pip install open_clip_torch")
+        raise ModuleNotFoundError(
+            "the offline CLIP tokenizer reads its vocabulary from open_clip: pip install open_clip_torch"
+        )
     path = Path(spec.origin).with_name("bpe_simple_vocab_16e6.txt.gz")
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
     # same slice as CLIP's SimpleTokenizer: skip the header, keep 49152 - 256 - 2 merges
     merges = tuple(lines[1 : 49152 - 256 - 2 + 1])
     units = list(_bytes_to_unicode().values())

@@ -11,6 +11,7 @@ import typer
 
 from fabric_opt_cli.export import export
 from fabric_opt_cli.generate import generate
+from fabric_opt_cli.options import with_flag
 from fabric_opt_cli.report import report
 from fabric_opt_cli.study import study
 from fabric_opt_cli.worker import worker
@@ -32,6 +33,13 @@ def _root() -> None:
     """Tune FABRIC feedback for Stable Diffusion with Bayesian optimisation."""
 
 
+class _FlagHintFormatter(logging.Formatter):
+    """Library warnings name the argument that fixes them (``extra={"option": ...}``); add the flag."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return with_flag(super().format(record), getattr(record, "option", None))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point."""
     from fabric.errors import FabricOptError
@@ -45,11 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     if not isinstance(logging.getLevelName(level), int):
         print(f"error: FABRIC_OPT_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_FlagHintFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])  # no-op where logging is already set up
     try:
         code = typer.main.get_command(app).main(args=argv, prog_name="fabric-opt", standalone_mode=False)
     except FabricOptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {with_flag(str(exc), exc.option, exc.example)}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)

@@ -15,7 +15,15 @@ if TYPE_CHECKING:
     from optimize.recommend import Recommendation
     from optimize.study import StudyOutcome
 
-__all__ = ["get_console", "quiet_libraries", "RichProgress", "params_table", "fmt", "print_summary", "print_recommendation"]
+__all__ = [
+    "get_console",
+    "quiet_libraries",
+    "RichProgress",
+    "params_table",
+    "fmt",
+    "print_summary",
+    "print_recommendation",
+]
 
 
 def quiet_libraries() -> None:
@@ -52,7 +60,7 @@ class RichProgress:
         self.trials: Any = None
         self.rounds: Any = None
 
-    def __enter__(self) -> "RichProgress":
+    def __enter__(self) -> RichProgress:
         self.bar.start()
         return self
 
@@ -75,7 +83,7 @@ class RichProgress:
         if self.rounds is not None:
             self.bar.advance(self.rounds)
 
-    def trial_end(self, trial: "optuna.trial.FrozenTrial") -> None:
+    def trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
         if self.trials is not None:
             self.bar.advance(self.trials)
         values = ", ".join(f"{v:.4g}" for v in trial.values) if trial.values else ""
@@ -112,7 +120,7 @@ def fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def print_summary(outcome: "StudyOutcome") -> None:
+def print_summary(outcome: StudyOutcome) -> None:
     from optuna.trial import TrialState
 
     from optimize.tracking import ui_command
@@ -127,7 +135,8 @@ def print_summary(outcome: "StudyOutcome") -> None:
     verb = "resumed" if outcome.resumed else "created"
     console.print(f"[bold]Study {study.study_name}[/bold] ({verb}; storage {outcome.storage})")
     console.print(
-        f"trials: {finished} of {config.trials} finished ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+        f"trials: {finished} of {config.trials} finished ({counts[TrialState.COMPLETE]} complete, "
+        f"{counts[TrialState.PRUNED]} pruned, "
         f"{counts[TrialState.FAIL]} failed); {len(outcome.new_trials)} run now"
     )
     if finished >= config.trials and not outcome.new_trials:
@@ -142,7 +151,9 @@ def print_summary(outcome: "StudyOutcome") -> None:
     if outcome.plots:
         console.print(f"plots: {', '.join(str(p) for p in outcome.plots)}")
     if outcome.tracking_uri:
-        console.print(f"MLflow: {outcome.tracking_uri} (experiment {study.study_name}, parent run {outcome.parent_run_id})")
+        console.print(
+            f"MLflow: {outcome.tracking_uri} (experiment {study.study_name}, parent run {outcome.parent_run_id})"
+        )
         if outcome.tracking_url and outcome.tracking_url.startswith("http"):
             console.print(f"  {outcome.tracking_url}")
         else:
@@ -153,7 +164,7 @@ def print_summary(outcome: "StudyOutcome") -> None:
         console.print("MLflow: tracking disabled")
 
 
-def print_recommendation(console: Any, rec: "Recommendation", n_objectives: int) -> None:
+def print_recommendation(console: Any, rec: Recommendation, n_objectives: int) -> None:
     what = "posterior mean" if rec.method == "posterior_mean" else rec.method.replace("_", " ")
     objective = " (first objective)" if n_objectives > 1 else ""
     console.print(

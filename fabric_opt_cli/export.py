@@ -21,10 +21,20 @@ __all__ = ["export"]
 
 def export(
     name: str = typer.Argument(..., help="Study name."),
-    format: str = typer.Option("json", "--format", "-f", help="json (fabric-opt preset), a1111, comfyui or diffusers (Python script)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default <runs-dir>/<name>/presets/<name>.<ext>)."),
-    trial: Optional[int] = typer.Option(None, "--trial", help="Export this trial's parameters instead of the recommendation (e.g. another Pareto point)."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prompt written into the preset (default: the study's first train prompt)."),
+    format: str = typer.Option(
+        "json", "--format", "-f", help="json (fabric-opt preset), a1111, comfyui or diffusers (Python script)."
+    ),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Output file (default <runs-dir>/<name>/presets/<name>.<ext>)."
+    ),
+    trial: Optional[int] = typer.Option(
+        None,
+        "--trial",
+        help="Export this trial's parameters instead of the recommendation (e.g. another Pareto point).",
+    ),
+    prompt: Optional[str] = typer.Option(
+        None, "--prompt", help="Prompt written into the preset (default: the study's first train prompt)."
+    ),
     liked: list[Path] = typer.Option([], "--liked", help="Liked reference image path (repeatable)."),
     disliked: list[Path] = typer.Option([], "--disliked", help="Disliked reference image path (repeatable)."),
     storage: Optional[str] = options.STORAGE,
@@ -60,7 +70,7 @@ def export(
         console.print(f"note: {note}")
 
 
-def _chosen_params(opt_study: "optuna.Study", config: "StudyConfig", trial: int | None):
+def _chosen_params(opt_study: optuna.Study, config: StudyConfig, trial: int | None):
     from optuna.trial import TrialState
 
     from optimize.recommend import recommend
@@ -69,7 +79,9 @@ def _chosen_params(opt_study: "optuna.Study", config: "StudyConfig", trial: int 
     if trial is not None:
         trials = {t.number: t for t in opt_study.get_trials(deepcopy=False)}
         if trial not in trials:
-            raise ConfigError(f"study {opt_study.study_name!r} has no trial {trial} (trials 0..{max(trials, default=-1)})")
+            raise ConfigError(
+                f"study {opt_study.study_name!r} has no trial {trial} (trials 0..{max(trials, default=-1)})"
+            )
         chosen = trials[trial]
         if chosen.state != TrialState.COMPLETE:
             raise ConfigError(f"trial {trial} is {chosen.state.name.lower()}, not complete; pick a complete trial")

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from fabric_opt_cli import options
 from fabric.errors import ConfigError
 from fabric.params import FabricParams
+from fabric_opt_cli import options
 
 logger = logging.getLogger(__name__)
 
@@ -56,9 +56,17 @@ def generate(
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
     scheduler: Optional[str] = options.SCHEDULER,
-    lora: list[str] = typer.Option([], "--lora", help="LoRA file or folder, PATH[:scale] (repeatable; scale 1 by default)."),
-    model_type: Optional[str] = typer.Option(None, "--model-type", help="sd or xl: family of a .safetensors/.ckpt model (default: detected)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Local diffusers folder with the configs of a .safetensors/.ckpt model's family (offline)."),
+    lora: list[str] = typer.Option(
+        [], "--lora", help="LoRA file or folder, PATH[:scale] (repeatable; scale 1 by default)."
+    ),
+    model_type: Optional[str] = typer.Option(
+        None, "--model-type", help="sd or xl: family of a .safetensors/.ckpt model (default: detected)."
+    ),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        help="Local diffusers folder with the configs of a .safetensors/.ckpt model's family (offline).",
+    ),
 ) -> None:
     """Generate images with FABRIC feedback; writes images, a grid and a reproducible JSON sidecar."""
     from fabric.images import load_images
@@ -104,7 +112,14 @@ def generate(
         task = bar.add_task("loading model", total=None)
         # one call: no later round could reuse recorded reference tokens, so keep none
         gen = FabricGenerator.from_pretrained(
-            model, device=dev, dtype=dt, scheduler=scheduler, model_type=model_type, config=config, lora=loras, cache_bytes=0
+            model,
+            device=dev,
+            dtype=dt,
+            scheduler=scheduler,
+            model_type=model_type,
+            config=config,
+            lora=loras,
+            cache_bytes=0,
         )
         bar.update(task, description="denoising", total=params.steps, completed=0)
         images = gen.generate(

@@ -9,8 +9,16 @@ import typer
 
 from fabric.errors import ConfigError, InvalidParameterError
 
-MODEL = typer.Option("tiny", "--model", "-m", envvar="FABRIC_OPT_MODEL", help="'tiny', 'toy', a hub id, a diffusers folder, or a .safetensors/.ckpt file.")
-DEVICE = typer.Option(None, "--device", envvar="FABRIC_OPT_DEVICE", help="torch device (default: cuda if available, else cpu).")
+MODEL = typer.Option(
+    "tiny",
+    "--model",
+    "-m",
+    envvar="FABRIC_OPT_MODEL",
+    help="'tiny', 'toy', a hub id, a diffusers folder, or a .safetensors/.ckpt file.",
+)
+DEVICE = typer.Option(
+    None, "--device", envvar="FABRIC_OPT_DEVICE", help="torch device (default: cuda if available, else cpu)."
+)
 DTYPE = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (default: float16 on CUDA, float32 on CPU).")
 TOKEN_CACHE_GB = typer.Option(
     None,
@@ -27,12 +35,16 @@ STORAGE = typer.Option(
     None, "--storage", envvar="FABRIC_OPT_STORAGE",
     help="Optuna storage: a journal file (default <runs-dir>/optuna.journal) or an RDB URL (sqlite:///x.db, postgresql://...).",
 )  # fmt: skip
-RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", envvar="FABRIC_OPT_RUNS_DIR", help="Folder for the default storage, baseline cache, plots and presets.")
+RUNS_DIR = typer.Option(
+    Path("runs"),
+    "--runs-dir",
+    envvar="FABRIC_OPT_RUNS_DIR",
+    help="Folder for the default storage, baseline cache, plots and presets.",
+)
 TRACKING_URI = typer.Option(
     "sqlite:///mlflow.db", "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
     help="MLflow tracking URI: sqlite:///file.db, http://host:port, a database URL, or 'none' to disable.",
 )  # fmt: skip
-
 
 
 def weights_table(items: list[str]) -> dict[str, str]:
@@ -40,9 +52,33 @@ def weights_table(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, value = item.partition("=")
         if not sep or not name.strip() or not value.strip():
-            raise ConfigError(f"--objective-weights takes NAME=PATH (e.g. pickscore=/models/pickscore or pickscore=tiny), got {item!r}")
+            raise ConfigError(
+                "--objective-weights takes NAME=PATH (e.g. pickscore=/models/pickscore or pickscore=tiny), got "
+                f"{item!r}"
+            )
         table[name.strip()] = value.strip()
     return table
+
+
+#: library argument names (``FabricOptError.option``, a log record's ``option``) -> command-line flags
+FLAGS = {
+    "name": "--name",
+    "storage": "--storage",
+    "study": "--study",
+    "objective": "--objective",
+    "objective_weights": "--objective-weights",
+    "config": "--config",
+    "model": "--model",
+    "cache_bytes": "--token-cache-gb",
+}
+
+
+def with_flag(message: str, option: str | None, example: str | None = None) -> str:
+    """``message`` with the command-line flag that fixes it, e.g. ``"... (--name NEW)"``."""
+    flag = FLAGS.get(option or "")
+    if flag is None:
+        return message
+    return f"{message} ({flag} {example})" if example else f"{message} ({flag})"
 
 
 def resolve_device_dtype(device: str | None, dtype: str | None):

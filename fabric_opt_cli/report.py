@@ -19,11 +19,24 @@ def report(
     storage: Optional[str] = options.STORAGE,
     runs_dir: Path = options.RUNS_DIR,
     tracking_uri: str = options.TRACKING_URI,
-    compare: bool = typer.Option(True, "--compare/--no-compare", help="Score the recommendation against the defaults on the held-out prompts (generates images)."),
-    extra_seeds: int = typer.Option(0, "--extra-seeds", help="Re-evaluate the top candidates on this many fresh seed sets before recommending."),
+    compare: bool = typer.Option(
+        True,
+        "--compare/--no-compare",
+        help="Score the recommendation against the defaults on the held-out prompts (generates images).",
+    ),
+    extra_seeds: int = typer.Option(
+        0, "--extra-seeds", help="Re-evaluate the top candidates on this many fresh seed sets before recommending."
+    ),
     top_k: int = typer.Option(3, "--top-k", help="Candidates to re-evaluate with --extra-seeds."),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <runs-dir>/<name>/report)."),
-    showcase: int = typer.Option(1, "--showcase", help="Held-out prompts in showcase.png (first and final rounds, no feedback vs the defaults vs tuned); 0 for none."),
+    showcase: int = typer.Option(
+        1,
+        "--showcase",
+        help=(
+            "Held-out prompts in showcase.png (first and final rounds, no feedback vs the defaults vs tuned); 0 "
+            "for none."
+        ),
+    ),
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
     token_cache_gb: Optional[float] = options.TOKEN_CACHE_GB,
@@ -53,7 +66,14 @@ def report(
             evaluator.on_round = lambda p, r, images, scores: progress.bar.advance(progress.status)
         else:
             progress.evaluating("fitting the recommendation")
-        result = build_report(opt_study, config, evaluator=evaluator, references=config.compare_with if compare else (), extra_seeds=extra_seeds, top_k=top_k)
+        result = build_report(
+            opt_study,
+            config,
+            evaluator=evaluator,
+            references=config.compare_with if compare else (),
+            extra_seeds=extra_seeds,
+            top_k=top_k,
+        )
         out_dir = out or Path(runs_dir) / name / "report"
         files = write_report(result, opt_study, out_dir)
         n_showcase = min(showcase, len(config.protocol.validation_prompts))
@@ -86,11 +106,18 @@ def print_report(result: Any, files: list[Path]) -> None:
     else:
         print_recommendation(console, rec, len(result.directions))
         if rec.comparisons:
-            table = Table(title="Held-out comparison (recommended - reference, paired per prompt)", title_justify="left")
+            table = Table(
+                title="Held-out comparison (recommended - reference, paired per prompt)", title_justify="left"
+            )
             for col in ("reference", "mean difference", "CI", "better"):
                 table.add_column(col, justify="right" if col != "reference" else "left")
             for c in rec.comparisons:
-                table.add_row(c.reference, f"{c.mean_difference:+.4g}", f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%})", "yes" if c.better else "not shown")
+                table.add_row(
+                    c.reference,
+                    f"{c.mean_difference:+.4g}",
+                    f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%})",
+                    "yes" if c.better else "not shown",
+                )
             console.print(table)
             caution = small_sample_caution(rec.comparisons)
             if caution:

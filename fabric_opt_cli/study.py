@@ -19,19 +19,64 @@ __all__ = ["study"]
 
 
 def study(
-    objective: Optional[str] = typer.Option(None, "--objective", "-o", help="Objective spec: pickscore, hpsv2, target, 'pickscore,diversity', 'pickscore+0.5*aesthetic'. Alone it picks the matching built-in study."),
-    study_name: Optional[str] = typer.Option(None, "--study", "-s", help="Built-in study (pickscore, hps, target, pickscore-diversity, tiny) or a study YAML file."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Override the study's model: 'tiny', a hub id, a diffusers folder or a .safetensors/.ckpt file."),
-    sampler: Optional[str] = typer.Option(None, "--sampler", help="Override the sampler: botorch, gp, tpe, random, qmc, nsga2, cmaes."),
-    trials: Optional[int] = typer.Option(None, "--trials", "-n", help="Total trial budget of the study; a resumed study runs until it has this many finished trials."),
+    objective: Optional[str] = typer.Option(
+        None,
+        "--objective",
+        "-o",
+        help=(
+            "Objective spec: pickscore, hpsv2, target, 'pickscore,diversity', 'pickscore+0.5*aesthetic'. Alone it "
+            "picks the matching built-in study."
+        ),
+    ),
+    study_name: Optional[str] = typer.Option(
+        None,
+        "--study",
+        "-s",
+        help="Built-in study (pickscore, hps, target, pickscore-diversity, tiny) or a study YAML file.",
+    ),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Override the study's model: 'tiny', a hub id, a diffusers folder or a .safetensors/.ckpt file.",
+    ),
+    sampler: Optional[str] = typer.Option(
+        None, "--sampler", help="Override the sampler: botorch, gp, tpe, random, qmc, nsga2, cmaes."
+    ),
+    trials: Optional[int] = typer.Option(
+        None,
+        "--trials",
+        "-n",
+        help="Total trial budget of the study; a resumed study runs until it has this many finished trials.",
+    ),
     storage: Optional[str] = options.STORAGE,
-    name: Optional[str] = typer.Option(None, "--name", help="Study name in the storage and MLflow (default: the study's name). The same name resumes."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Study name in the storage and MLflow (default: the study's name). The same name resumes."
+    ),
     tracking_uri: str = options.TRACKING_URI,
-    objective_weights: list[str] = typer.Option([], "--objective-weights", "-w", metavar="NAME=PATH", help="NAME=PATH (repeatable): reward-model weights (a file, folder, hub id, or 'tiny')."),
-    prompts: Optional[str] = typer.Option(None, "--prompts", help="Train prompts: a built-in list, .txt, .csv (prompt[,image] columns) or .json file."),
-    validation_prompts: Optional[str] = typer.Option(None, "--validation-prompts", help="Held-out prompts for the report's comparison (same forms as --prompts)."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Override the study seed (images, simulated user, sampler)."),
-    prompt_batch: Optional[int] = typer.Option(None, "--prompt-batch", help="Prompts generated together per pipeline call (protocol.prompt_batch); more is faster where memory allows."),
+    objective_weights: list[str] = typer.Option(
+        [],
+        "--objective-weights",
+        "-w",
+        metavar="NAME=PATH",
+        help="NAME=PATH (repeatable): reward-model weights (a file, folder, hub id, or 'tiny').",
+    ),
+    prompts: Optional[str] = typer.Option(
+        None, "--prompts", help="Train prompts: a built-in list, .txt, .csv (prompt[,image] columns) or .json file."
+    ),
+    validation_prompts: Optional[str] = typer.Option(
+        None, "--validation-prompts", help="Held-out prompts for the report's comparison (same forms as --prompts)."
+    ),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", help="Override the study seed (images, simulated user, sampler)."
+    ),
+    prompt_batch: Optional[int] = typer.Option(
+        None,
+        "--prompt-batch",
+        help=(
+            "Prompts generated together per pipeline call (protocol.prompt_batch); more is faster where memory allows."
+        ),
+    ),
     scheduler: Optional[str] = options.SCHEDULER,
     runs_dir: Path = options.RUNS_DIR,
     device: Optional[str] = options.DEVICE,
@@ -40,9 +85,9 @@ def study(
 ) -> None:
     """Run (or resume) a study: tune FABRIC's parameters against an objective, track every trial in
     MLflow, and write the recommended preset."""
+    from optimize.config import resolve_study
     from optimize.study import StorageSpec, run_study
     from optimize.tracking import make_tracker
-    from optimize.config import resolve_study
 
     # 1. Everything the user typed, validated before anything is loaded or written
     overrides: dict[str, Any] = {}
@@ -70,6 +115,13 @@ def study(
     quiet_libraries()
     with RichProgress(get_console(stderr=True)) as progress:
         outcome = run_study(
-            config, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, cache_bytes=cache_bytes, progress=progress
+            config,
+            storage=spec,
+            tracker=tracker,
+            runs_dir=runs_dir,
+            device=dev,
+            dtype=dt,
+            cache_bytes=cache_bytes,
+            progress=progress,
         )
     print_summary(outcome)

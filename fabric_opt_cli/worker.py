@@ -43,6 +43,14 @@ def worker(
     quiet_libraries()
     with RichProgress(get_console(stderr=True)) as progress:
         outcome = run_study(
-            config, name=name, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, cache_bytes=cache_bytes, progress=progress
+            config,
+            name=name,
+            storage=spec,
+            tracker=tracker,
+            runs_dir=runs_dir,
+            device=dev,
+            dtype=dt,
+            cache_bytes=cache_bytes,
+            progress=progress,
         )
     print_summary(outcome)

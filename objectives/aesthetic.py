@@ -27,8 +27,8 @@ from torch import nn
 from fabric.errors import InvalidParameterError, ModelLoadError
 from objectives.backbone import TINY_SEED, seeded
 from objectives.base import RewardModel, check_batch_size, placement
-from objectives.registry import register_objective
 from objectives.clip import ClipBackbone, load_hf_clip
+from objectives.registry import register_objective
 from objectives.weights import SPECIAL, ResolvedWeights, WeightSource, load_state_dict, resolve_weights
 
 if TYPE_CHECKING:
@@ -71,18 +71,31 @@ def _head_from_state_dict(state_dict: dict[str, torch.Tensor], kind: str, path: 
     """Builds the head the file describes (widths read from its tensors) and loads it."""
     if kind == "linear":
         if set(state_dict) != {"weight", "bias"} or state_dict["weight"].shape[0] != 1:
-            raise ModelLoadError(f"aesthetic: {path} is not a linear head (keys {sorted(state_dict)[:3]}); for the MLP head use head='mlp'")
+            raise ModelLoadError(
+                f"aesthetic: {path} is not a linear head (keys {sorted(state_dict)[:3]}); for the MLP head use "
+                "head='mlp'"
+            )
         head = nn.Linear(state_dict["weight"].shape[1], 1)
     else:
         keys = [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]
         if not all(k in state_dict for k in keys):
-            raise ModelLoadError(f"aesthetic: {path} is not the MLP head (expected {keys[0]}, ...); for the linear head use head='linear'")
+            raise ModelLoadError(
+                f"aesthetic: {path} is not the MLP head (expected {keys[0]}, ...); for the linear head use "
+                "head='linear'"
+            )
         head = MLPHead(state_dict[keys[0]].shape[1], tuple(state_dict[k].shape[0] for k in keys[:4]))
     head.load_state_dict(state_dict)
     return head
 
 
-def load_head(weights: str | None = None, head: Literal["mlp", "linear"] = "mlp", *, device: Any = "cpu", dtype: Any = None, dim: int = 768) -> nn.Module:
+def load_head(
+    weights: str | None = None,
+    head: Literal["mlp", "linear"] = "mlp",
+    *,
+    device: Any = "cpu",
+    dtype: Any = None,
+    dim: int = 768,
+) -> nn.Module:
     """Loads an aesthetic head alone (embeddings in, score out).
 
     Args:
@@ -152,7 +165,12 @@ class AestheticScore(RewardModel):
         """Loads head and backbone (``backbone`` defaults to the head's tiny/random choice)."""
         device, dtype = placement(device, dtype)
         head_weights = resolve_weights(_head_source(head), weights)  # the cheap one first: it fails first
-        clip = load_hf_clip(resolve_weights(CLIP_SOURCE, cls._backbone_choice(weights, backbone)), "vit-l-14", device=device, dtype=dtype)
+        clip = load_hf_clip(
+            resolve_weights(CLIP_SOURCE, cls._backbone_choice(weights, backbone)),
+            "vit-l-14",
+            device=device,
+            dtype=dtype,
+        )
         module = _build_head(head_weights, head, clip.model.config.projection_dim, device, dtype)
         return cls(clip, module, batch_size=batch_size)
 
@@ -163,7 +181,9 @@ class AestheticScore(RewardModel):
         return backbone
 
     @classmethod
-    def check_weights(cls, weights: str | None = None, *, head: str = "mlp", backbone: str | None = None, **options: Any) -> None:
+    def check_weights(
+        cls, weights: str | None = None, *, head: str = "mlp", backbone: str | None = None, **options: Any
+    ) -> None:
         resolve_weights(_head_source(head), weights, fetch=False)
         resolve_weights(CLIP_SOURCE, cls._backbone_choice(weights, backbone), fetch=False)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ModelLoadError
 from objectives.weights import ResolvedWeights, check_fits, hub_offline, load_state_dict
@@ -67,7 +68,9 @@ class ImageEncoder:
         """``[b, 3, S, S]`` preprocessed pixels -> ``[b, d]`` features (any norm)."""
         raise NotImplementedError
 
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 16, preprocess: ImagePreprocess | None = None) -> torch.Tensor:
+    def embed_images(
+        self, images: Sequence[Image.Image], batch_size: int = 16, preprocess: ImagePreprocess | None = None
+    ) -> torch.Tensor:
         """Unit-norm image embeddings.
 
         Args:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from objectives.backbone import TINY_SEED, ImageEncoder, load_hf_model, output_tensor, seeded, shared
 from objectives.preprocess import ImagePreprocess, hps_v2, openai_clip
@@ -45,11 +46,17 @@ BOS_ID, EOS_ID = 49406, 49407
 # (width, layers, heads, mlp) per tower, in transformers' CLIPConfig terms.
 ARCHS: dict[str, dict[str, Any]] = {
     # OpenAI CLIP ViT-L/14 (openai/clip-vit-large-patch14): HPS v1, aesthetic, CLIP score
-    "vit-l-14": dict(text=(768, 12, 12, 3072), vision=(1024, 24, 16, 4096), patch=14, image=224, proj=768, act="quick_gelu"),
+    "vit-l-14": dict(
+        text=(768, 12, 12, 3072), vision=(1024, 24, 16, 4096), patch=14, image=224, proj=768, act="quick_gelu"
+    ),
     # ... at 336 px (openai/clip-vit-large-patch14-336): FABRIC's target similarity
-    "vit-l-14-336": dict(text=(768, 12, 12, 3072), vision=(1024, 24, 16, 4096), patch=14, image=336, proj=768, act="quick_gelu"),
+    "vit-l-14-336": dict(
+        text=(768, 12, 12, 3072), vision=(1024, 24, 16, 4096), patch=14, image=336, proj=768, act="quick_gelu"
+    ),
     # OpenCLIP ViT-H/14 (laion/CLIP-ViT-H-14-laion2B-s32B-b79K): PickScore's backbone
-    "vit-h-14": dict(text=(1024, 24, 16, 4096), vision=(1280, 32, 16, 5120), patch=14, image=224, proj=1024, act="gelu"),
+    "vit-h-14": dict(
+        text=(1024, 24, 16, 4096), vision=(1280, 32, 16, 5120), patch=14, image=224, proj=1024, act="gelu"
+    ),
     # a few hundred kB plus the 49,408-token embedding table; for tests
     "tiny": dict(text=(32, 2, 2, 64), vision=(32, 2, 2, 64), patch=8, image=32, proj=32, act="quick_gelu"),
 }  # fmt: skip
@@ -70,9 +77,21 @@ def clip_config(arch: str):
     a = ARCHS[arch]
 
     def tower(width, layers, heads, mlp):
-        return dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp, hidden_act=a["act"])
+        return dict(
+            hidden_size=width,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=mlp,
+            hidden_act=a["act"],
+        )
 
-    text = tower(*a["text"]) | dict(vocab_size=49408, max_position_embeddings=CONTEXT_LENGTH, bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=EOS_ID)
+    text = tower(*a["text"]) | dict(
+        vocab_size=49408,
+        max_position_embeddings=CONTEXT_LENGTH,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        pad_token_id=EOS_ID,
+    )
     vision = tower(*a["vision"]) | dict(image_size=a["image"], patch_size=a["patch"])
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=a["proj"])
 
@@ -92,7 +111,9 @@ class ClipBackbone(ImageEncoder):
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``[m, 77]`` token ids and attention mask (start, text, end, then end-token padding)."""
-        encoded = clip_tokenizer()(list(prompts), padding="max_length", truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt")
+        encoded = clip_tokenizer()(
+            list(prompts), padding="max_length", truncation=True, max_length=CONTEXT_LENGTH, return_tensors="pt"
+        )
         return encoded["input_ids"], encoded["attention_mask"]
 
     def _text_features(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -177,7 +198,14 @@ def load_hf_clip(
     return shared(("hf-clip", arch, resolved.cache_key, key, str(device), dtype), build)
 
 
-def load_open_clip(resolved: ResolvedWeights, arch: str = "ViT-H-14", *, device: torch.device, dtype: torch.dtype, checkpoint_key: str = "state_dict") -> OpenClipBackbone:
+def load_open_clip(
+    resolved: ResolvedWeights,
+    arch: str = "ViT-H-14",
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    checkpoint_key: str = "state_dict",
+) -> OpenClipBackbone:
     """An open_clip CLIP with HPS v2's letterbox preprocessing.
 
     Args:
@@ -198,7 +226,9 @@ def load_open_clip(resolved: ResolvedWeights, arch: str = "ViT-H-14", *, device:
             return CLIP(
                 embed_dim=32,
                 vision_cfg=CLIPVisionCfg(layers=2, width=32, head_width=16, mlp_ratio=2.0, patch_size=8, image_size=32),
-                text_cfg=CLIPTextCfg(context_length=CONTEXT_LENGTH, vocab_size=49408, width=32, heads=2, layers=2, mlp_ratio=2.0),
+                text_cfg=CLIPTextCfg(
+                    context_length=CONTEXT_LENGTH, vocab_size=49408, width=32, heads=2, layers=2, mlp_ratio=2.0
+                ),
             )
         return CLIP(**open_clip.get_model_config(arch))
 

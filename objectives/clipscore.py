@@ -9,11 +9,12 @@ Typical values with ViT-L/14 on Stable Diffusion images: 28 +/- 3.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from objectives.base import RewardModel, check_batch_size, placement
-from objectives.registry import register_objective
 from objectives.clip import ClipBackbone, load_hf_clip
+from objectives.registry import register_objective
 from objectives.weights import ResolvedWeights, WeightSource, resolve_weights
 
 if TYPE_CHECKING:
@@ -77,7 +78,15 @@ class CLIPScore(PromptSimilarity):
         self.clamp = bool(clamp)
 
     @classmethod
-    def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, batch_size: int = 16, clamp: bool = False):
+    def load(
+        cls,
+        weights: str | None = None,
+        device: Any = "cpu",
+        dtype: Any = None,
+        *,
+        batch_size: int = 16,
+        clamp: bool = False,
+    ):
         """Loads CLIP ViT-L/14; ``clamp=True`` reproduces torchmetrics' ``max(score, 0)``."""
         device, dtype = placement(device, dtype)
         backbone = cls.load_backbone(resolve_weights(cls.source, weights), device, dtype)

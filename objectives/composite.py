@@ -27,11 +27,18 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError, InvalidParameterError, WeightsNotFoundError
 from objectives.base import Direction, RewardModel, check_images, expand_prompts
-from objectives.registry import available_objectives, canonical_name, check_weights, load_objective, objective_components
+from objectives.registry import (
+    available_objectives,
+    canonical_name,
+    check_weights,
+    load_objective,
+    objective_components,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -116,7 +123,9 @@ def _weights_for(spec: str, names: set[str], weights: str | Mapping[str, str] | 
     return resolved
 
 
-def _term_options(name: str, weights: dict[str, str], options: Mapping[str, Mapping[str, Any]] | None, common: dict[str, Any]) -> dict[str, Any]:
+def _term_options(
+    name: str, weights: dict[str, str], options: Mapping[str, Mapping[str, Any]] | None, common: dict[str, Any]
+) -> dict[str, Any]:
     opts = dict(common)
     for key, values in (options or {}).items():
         if canonical_name(key) == name:
@@ -143,16 +152,17 @@ def check_available(spec: str, weights: Any = None, options: Mapping[str, Mappin
     sums = parse_spec(spec)
     names = {name for terms in sums for _, name in terms}
     table = _weights_for(spec, names, weights)
-    missing: list[str] = []
+    missing: list[WeightsNotFoundError] = []
     for name in sorted(names):
         try:
             check_weights(name, table.get(name), **_term_options(name, table, options, {}))
         except WeightsNotFoundError as exc:
-            missing.append(str(exc))
+            missing.append(exc)
     if len(missing) == 1:
-        raise WeightsNotFoundError(missing[0])
+        raise missing[0]
     if missing:
-        raise WeightsNotFoundError(f"{len(missing)} objectives lack weights: " + "; ".join(missing))
+        summary = f"{len(missing)} objectives lack weights: " + "; ".join(map(str, missing))
+        raise WeightsNotFoundError(summary, option="objective_weights", example="NAME=PATH")
 
 
 def parse_objective(
@@ -232,7 +242,9 @@ class CompositeObjective(RewardModel):
             raise InvalidParameterError("a composite objective needs at least one term")
         for weight, objective in terms:
             if not isinstance(objective, RewardModel) or not math.isfinite(weight):
-                raise InvalidParameterError(f"composite terms must be (finite weight, RewardModel), got ({weight!r}, {objective!r})")
+                raise InvalidParameterError(
+                    f"composite terms must be (finite weight, RewardModel), got ({weight!r}, {objective!r})"
+                )
         self.terms = tuple((float(w), o) for w, o in terms)
         self.normalize = bool(normalize)
         self.name = name or _format_terms(self.terms)

@@ -27,7 +27,9 @@ def dino_config(tiny: bool = False):
     from transformers import Dinov2Config
 
     if tiny:
-        return Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8)
+        return Dinov2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8
+        )
     return Dinov2Config()  # the defaults are dinov2-base
 
 
@@ -47,7 +49,9 @@ def load_dino(resolved: ResolvedWeights, *, device: torch.device, dtype: torch.d
     def build() -> DinoEncoder:
         from transformers import Dinov2Model
 
-        model = load_hf_model(Dinov2Model, lambda: dino_config(resolved.kind == "tiny"), resolved, device=device, dtype=dtype)
+        model = load_hf_model(
+            Dinov2Model, lambda: dino_config(resolved.kind == "tiny"), resolved, device=device, dtype=dtype
+        )
         # DINOv2 interpolates its position embeddings, so it runs at 224 whatever its config
         # says (518); tiny models run at their own size.
         size = model.config.image_size if resolved.kind == "tiny" else 224

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from objectives.registry import register_objective
 from objectives.clip import ClipBackbone, load_open_clip
 from objectives.clipscore import PromptSimilarity
+from objectives.registry import register_objective
 from objectives.weights import ResolvedWeights, WeightSource
 
 if TYPE_CHECKING:

@@ -10,9 +10,9 @@ mean/std -- the ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` transformers processor
 
 from __future__ import annotations
 
-from objectives.registry import register_objective
 from objectives.clipscore import PromptSimilarity
 from objectives.preprocess import pickscore
+from objectives.registry import register_objective
 from objectives.weights import WeightSource
 
 __all__ = ["PickScore"]

@@ -23,8 +23,9 @@ and transformers' PIL image processors do; tiny test models use the same recipe 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal, Sequence
+from typing import TYPE_CHECKING, Literal
 
 from fabric.errors import InvalidParameterError
 
@@ -154,4 +155,6 @@ def hps_v2(size: int = 224) -> ImagePreprocess:
 
 def dino(size: int = 224) -> ImagePreprocess:
     """DINO / DINOv2's evaluation transform (resize 256, crop 224, ImageNet statistics)."""
-    return ImagePreprocess(size=size, resize="shortest", resize_to=round(size * 256 / 224), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return ImagePreprocess(
+        size=size, resize="shortest", resize_to=round(size * 256 / 224), mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )

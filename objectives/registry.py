@@ -12,8 +12,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from fabric.errors import ConfigError, InvalidParameterError
 from objectives.base import RewardModel, placement
@@ -50,11 +51,13 @@ _BUILTIN_MODULES = {
     "clipscore": "objectives.clipscore",
     "target": "objectives.target",
     "diversity": "objectives.diversity",
+    # the toy world's rewards (toyworld.rewards), for offline studies on the CPU
+    "toy-clip": "objectives.toy",
+    "toy-target": "objectives.toy",
+    "toy-diversity": "objectives.toy",
+    "toy-taste": "objectives.toy",
 }
-# Optional modules of the project that register more objectives when present.
-_PLUGIN_MODULES = ("objectives.toy",)
 _ALIASES = {"hpsv1": "hps", "hpsv2.1": "hpsv21", "hps-v2": "hpsv2", "hps-v2.1": "hpsv21", "clip-score": "clipscore"}
-_plugins_loaded = False
 
 
 def register_objective(
@@ -99,19 +102,8 @@ def register_objective(
     return decorator
 
 
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for module in _PLUGIN_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
-
 def available_objectives() -> list[str]:
-    """Sorted names of every known objective (built-in, plugin and user-registered)."""
-    _load_plugins()
+    """Sorted names of every known objective (built-in and registered)."""
     return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY))
 
 
@@ -120,9 +112,6 @@ def canonical_name(name: str) -> str:
     key = str(name).strip().lower()
     key = _ALIASES.get(key, key)
     if key in _REGISTRY or key in _BUILTIN_MODULES:
-        return key
-    _load_plugins()
-    if key in _REGISTRY:
         return key
     raise ConfigError(f"unknown objective {name!r}; known objectives: {', '.join(available_objectives())}")
 
@@ -139,7 +128,9 @@ def _entry(name: str) -> _Entry:
     return _REGISTRY[key]
 
 
-def load_objective(name: str, weights: str | None = None, device: Any = "cpu", dtype: Any = None, **options) -> RewardModel:
+def load_objective(
+    name: str, weights: str | None = None, device: Any = "cpu", dtype: Any = None, **options
+) -> RewardModel:
     """Builds a registered objective.
 
     Args:

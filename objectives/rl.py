@@ -17,7 +17,8 @@ preprocessing (PIL bicubic resize) is not differentiable.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError, ImageError
 from objectives.base import RewardModel
@@ -48,7 +49,9 @@ def to_pil_images(images: Any) -> list[Image.Image]:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ImageError(f"images must be PIL images or a [n, 3, H, W] / [n, H, W, 3] tensor, got {type(images).__name__}")
+        raise ImageError(
+            f"images must be PIL images or a [n, 3, H, W] / [n, H, W, 3] tensor, got {type(images).__name__}"
+        )
     images = images.detach().cpu()
     # channels-first unless only the last axis can hold channels (trainers return [n, 3, H, W])
     if images.shape[1] in (1, 3) and not (images.shape[-1] == 3 and images.shape[1] != 3):
@@ -59,7 +62,9 @@ def to_pil_images(images: Any) -> list[Image.Image]:
         images = images.float()
         low, high = float(images.min()), float(images.max())
         if low < -1e-3 or high > 1 + 1e-3:
-            raise ImageError(f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}]; for [-1, 1] pass (x + 1) / 2")
+            raise ImageError(
+                f"float images must be in [0, 1], got values in [{low:.3g}, {high:.3g}]; for [-1, 1] pass (x + 1) / 2"
+            )
         images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
     if images.shape[-1] == 1:
         images = images.expand(-1, -1, -1, 3)
@@ -81,7 +86,9 @@ class RewardFunction:
             )
         self.objective = objective
 
-    def __call__(self, images: Any, prompts: str | Sequence[str], metadata: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def __call__(
+        self, images: Any, prompts: str | Sequence[str], metadata: Any = None
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
         """Scores a batch.
 
         Args:
@@ -101,7 +108,9 @@ class RewardFunction:
         return f"RewardFunction({self.objective!r})"
 
 
-def make_reward_fn(objective: RewardModel | str, weights: Any = None, device: Any = "cpu", dtype: Any = None, **kwargs: Any) -> RewardFunction:
+def make_reward_fn(
+    objective: RewardModel | str, weights: Any = None, device: Any = "cpu", dtype: Any = None, **kwargs: Any
+) -> RewardFunction:
     """A DDPO/AlignProp-shaped reward function from an objective or a spec string.
 
     Args:

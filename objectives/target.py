@@ -12,8 +12,9 @@ encoder), then call :meth:`TargetSimilarity.with_target` per prompt -- it shares
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from fabric.errors import ImageError, InvalidParameterError
 from objectives.backbone import ImageEncoder
@@ -81,7 +82,9 @@ def load_target_images(target: Any) -> list[Image.Image]:
             raise ImageError(f"target image {path} cannot be read ({type(err).__name__})") from err
     if isinstance(target, (list, tuple)) and target:
         return [image for item in target for image in load_target_images(item)]
-    raise ImageError(f"target must be a PIL image, an image path, a folder or a non-empty list, got {type(target).__name__}")
+    raise ImageError(
+        f"target must be a PIL image, an image path, a folder or a non-empty list, got {type(target).__name__}"
+    )
 
 
 @register_objective("target")

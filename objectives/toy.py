@@ -54,7 +54,7 @@ def _check(weights: Any, stem: str) -> None:
         )
 
 
-def _batched_embed(fn, items: list, batch_size: int) -> "torch.Tensor":
+def _batched_embed(fn, items: list, batch_size: int) -> torch.Tensor:
     import torch
 
     return torch.cat([fn(items[i : i + batch_size]) for i in range(0, len(items), batch_size)])
@@ -117,8 +117,15 @@ class ToyTargetSimilarity(_ToyClipObjective):
             self.target_embeddings = self.embed_images(load_target_images(target))
 
     @classmethod
-    def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, target: Any = None,
-             batch_size: int = 64):
+    def load(
+        cls,
+        weights: str | None = None,
+        device: Any = "cpu",
+        dtype: Any = None,
+        *,
+        target: Any = None,
+        batch_size: int = 64,
+    ):
         return super().load(weights, device, dtype, batch_size=batch_size, target=target)
 
     def with_target(self, target: Any) -> ToyTargetSimilarity:
@@ -166,14 +173,22 @@ class ToyTaste(RewardModel):
         self.batch_size = check_batch_size(batch_size)
 
     @classmethod
-    def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, taste: str = "warm",
-             batch_size: int = 64) -> ToyTaste:
+    def load(
+        cls,
+        weights: str | None = None,
+        device: Any = "cpu",
+        dtype: Any = None,
+        *,
+        taste: str = "warm",
+        batch_size: int = 64,
+    ) -> ToyTaste:
         from toyworld.rewards import get_taste, load_attribute_classifier
 
         get_taste(taste)  # an unknown taste fails before the model loads
         device, dtype = placement(device, dtype)
-        return cls(load_attribute_classifier(_weights_dir(weights), device=device, dtype=dtype), taste,
-                   batch_size=batch_size)
+        return cls(
+            load_attribute_classifier(_weights_dir(weights), device=device, dtype=dtype), taste, batch_size=batch_size
+        )
 
     @classmethod
     def check_weights(cls, weights: str | None = None, **options: Any) -> None:

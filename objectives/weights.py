@@ -42,9 +42,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Mapping
+from typing import TYPE_CHECKING, Literal
 
 from fabric.errors import ModelLoadError, WeightsNotFoundError
 
@@ -100,13 +101,14 @@ class WeightSource:
         return env_var(self.key)
 
     def fix(self) -> str:
-        return f"pass --objective-weights {self.key}=PATH or set {self.env_var}=PATH"
+        return f"give their path as the weights of {self.key!r} or set {self.env_var}=PATH"
 
     def not_found(self, looked_for: str) -> WeightsNotFoundError:
         hint = f" ({self.hint})" if self.hint else ""
         return WeightsNotFoundError(
-            f"{self.objective}: {self.what} weights not found: {looked_for}{hint}; "
-            f"download them and {self.fix()}"
+            f"{self.objective}: {self.what} weights not found: {looked_for}{hint}; download them and {self.fix()}",
+            option="objective_weights",
+            example=f"{self.key}=PATH",
         )
 
 
@@ -138,7 +140,9 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def resolve_weights(source: WeightSource, weights: str | os.PathLike | None = None, *, fetch: bool = True) -> ResolvedWeights:
+def resolve_weights(
+    source: WeightSource, weights: str | os.PathLike | None = None, *, fetch: bool = True
+) -> ResolvedWeights:
     """Resolves ``weights`` (or the environment variable, or the hub default) for ``source``.
 
     Args:
@@ -262,7 +266,9 @@ def load_state_dict(path: str | os.PathLike, *, objective: str, key: str | None 
     return tensors
 
 
-def check_fits(expected: Mapping[str, torch.Tensor], state_dict: dict[str, torch.Tensor], *, objective: str, path: str) -> dict[str, torch.Tensor]:
+def check_fits(
+    expected: Mapping[str, torch.Tensor], state_dict: dict[str, torch.Tensor], *, objective: str, path: str
+) -> dict[str, torch.Tensor]:
     """The entries of ``state_dict`` that a model with ``expected`` tensors needs.
 
     Args:

@@ -2,7 +2,8 @@
 recommendation.
 
 Data flow: a study file (``studies/*.yaml``, read by :mod:`optimize.config` into a
-:class:`StudyConfig`) sets the protocol, prompts and space -> :class:`SearchSpace` -> sampler (:func:`make_sampler`) proposes search values ->
+:class:`StudyConfig`) sets the protocol, prompts and space -> :class:`SearchSpace` -> sampler
+(:func:`make_sampler`) proposes search values ->
 :class:`TrialEvaluator` turns them into :class:`~fabric.params.FabricParams`, runs the feedback
 protocol and returns the trial value -> :func:`recommend` picks the best parameters by the GP
 posterior mean and compares them with the defaults on held-out prompts.
@@ -52,7 +53,14 @@ _LAZY = {
         "optimize.protocol",
     ),
     **dict.fromkeys(
-        ("make_sampler", "available_samplers", "register_sampler", "DEFAULT_SAMPLER", "enqueue_defaults", "enqueue_params"),
+        (
+            "make_sampler",
+            "available_samplers",
+            "register_sampler",
+            "DEFAULT_SAMPLER",
+            "enqueue_defaults",
+            "enqueue_params",
+        ),
         "optimize.samplers",
     ),
     **dict.fromkeys(("Recommendation", "Candidate", "Comparison", "recommend", "compare"), "optimize.recommend"),

@@ -37,19 +37,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import importlib.resources
+import json
 import logging
 import re
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from fabric.checks import check_int
 from fabric.errors import ConfigError, FabricOptError
+from optimize.prompts import PromptSet, load_prompts, resolve_source
 from optimize.protocol import DEFAULT_NEGATIVE_PROMPT, Protocol
 from optimize.space import SearchSpace
-from optimize.prompts import PromptSet, load_prompts, resolve_source
 
 __all__ = [
     "StudyConfig",
@@ -81,7 +83,17 @@ _PROTOCOL_KEYS = {
 # How many prompts share a pipeline call only re-draws reference noise (float rounding can change a
 # liked image's pixels, and its noise is keyed by content), like another GPU would: it may change on resume.
 _EXECUTION_PROTOCOL_KEYS = ("prompt_batch",)
-_VALUE_KEYS = ("model", "scheduler", "objective", "feedback_objective", "objective_weights", "objective_options", "prompts", "protocol", "search_space")
+_VALUE_KEYS = (
+    "model",
+    "scheduler",
+    "objective",
+    "feedback_objective",
+    "objective_weights",
+    "objective_options",
+    "prompts",
+    "protocol",
+    "search_space",
+)
 _DEFAULT_TEMPLATE = "pickscore"
 
 
@@ -138,7 +150,9 @@ class StudyConfig:
 
         where = f"study {self.name!r}"
         if not isinstance(self.name, str) or not _NAME.match(self.name):
-            raise ConfigError(f"study name must be letters, digits and . _ + - (no spaces or slashes), got {self.name!r}")
+            raise ConfigError(
+                f"study name must be letters, digits and . _ + - (no spaces or slashes), got {self.name!r}"
+            )
         for key in ("model", "objective"):
             value = getattr(self, key)
             if not isinstance(value, str) or not value.strip():
@@ -151,11 +165,17 @@ class StudyConfig:
             from fabric.schedulers import SCHEDULERS
 
             if self.scheduler not in SCHEDULERS:
-                raise ConfigError(f"{where}: unknown scheduler {self.scheduler!r}; known: {', '.join(SCHEDULERS)} (or null: the model's own)")
+                raise ConfigError(
+                    f"{where}: unknown scheduler {self.scheduler!r}; known: {', '.join(SCHEDULERS)} (or null: the "
+                    "model's own)"
+                )
         parse_spec(self.objective)  # syntax and names; raises a one-line ConfigError
         if self.feedback_objective is not None:
             if not isinstance(self.feedback_objective, str) or "," in self.feedback_objective:
-                raise ConfigError(f"{where}: feedback_objective must be one objective spec (no commas), got {self.feedback_objective!r}")
+                raise ConfigError(
+                    f"{where}: feedback_objective must be one objective spec (no commas), got "
+                    f"{self.feedback_objective!r}"
+                )
             parse_spec(self.feedback_objective)
         metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics or ())
         for spec in metrics:
@@ -163,26 +183,38 @@ class StudyConfig:
                 raise ConfigError(f"{where}: each metric must be one objective spec, got {spec!r}")
             parse_spec(spec)
         object.__setattr__(self, "metrics", metrics)
-        object.__setattr__(self, "objective_weights", types.MappingProxyType(_str_mapping(self.objective_weights, "objective_weights", where)))
+        object.__setattr__(
+            self,
+            "objective_weights",
+            types.MappingProxyType(_str_mapping(self.objective_weights, "objective_weights", where)),
+        )
         options = _mapping(self.objective_options, "objective_options", where)
         for key, value in options.items():
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{where}: objective_options.{key} must be a mapping of options, got {value!r}")
-        object.__setattr__(self, "objective_options", types.MappingProxyType({str(k): dict(v) for k, v in options.items()}))
+        object.__setattr__(
+            self, "objective_options", types.MappingProxyType({str(k): dict(v) for k, v in options.items()})
+        )
         if self.sampler not in available_samplers():
             raise ConfigError(f"{where}: unknown sampler '{self.sampler}'; known: {', '.join(available_samplers())}")
-        object.__setattr__(self, "sampler_options", types.MappingProxyType(_mapping(self.sampler_options, "sampler options", where)))
+        object.__setattr__(
+            self, "sampler_options", types.MappingProxyType(_mapping(self.sampler_options, "sampler options", where))
+        )
         if self.pruner not in PRUNERS:
             raise ConfigError(f"{where}: unknown pruner '{self.pruner}'; known: {', '.join(PRUNERS)}")
-        object.__setattr__(self, "pruner_options", types.MappingProxyType(_mapping(self.pruner_options, "pruner options", where)))
-        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 1:
-            raise ConfigError(f"{where}: trials must be a positive integer, got {self.trials!r}")
+        object.__setattr__(
+            self, "pruner_options", types.MappingProxyType(_mapping(self.pruner_options, "pruner options", where))
+        )
+        check_int(f"{where}: trials", self.trials, minimum=1, error=ConfigError)
         for key in ("warm_start", "compare_with"):
             value = getattr(self, key)
             value = (value,) if isinstance(value, str) else tuple(value or ())
             unknown = [v for v in value if v not in DEFAULT_PRESETS]
             if unknown:
-                raise ConfigError(f"{where}: {key} names unknown preset(s) {', '.join(map(str, unknown))}; known: {', '.join(DEFAULT_PRESETS)}")
+                raise ConfigError(
+                    f"{where}: {key} names unknown preset(s) {', '.join(map(str, unknown))}; known: "
+                    f"{', '.join(DEFAULT_PRESETS)}"
+                )
             object.__setattr__(self, key, value)
 
     # ---- views ---------------------------------------------------------------------------
@@ -205,7 +237,7 @@ class StudyConfig:
         """``objective_weights`` as the ``{name: weights}`` table objectives take."""
         return dict(self.objective_weights)
 
-    def replace(self, **changes: Any) -> "StudyConfig":
+    def replace(self, **changes: Any) -> StudyConfig:
         return dataclasses.replace(self, **changes)
 
     # ---- serialisation -------------------------------------------------------------------
@@ -257,7 +289,9 @@ class StudyConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | Path | None = None, source: str = "", check_files: bool = True) -> "StudyConfig":
+    def from_dict(
+        cls, data: Mapping[str, Any], *, base_dir: str | Path | None = None, source: str = "", check_files: bool = True
+    ) -> StudyConfig:
         """Build a config from the YAML layout (``extends`` already applied).
 
         Args:
@@ -272,7 +306,9 @@ class StudyConfig:
             raise ConfigError(f"{where}: a study must be a mapping of settings, got {type(data).__name__}")
         unknown = sorted(set(data) - _TOP_KEYS - {"extends"})
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(_TOP_KEYS))}")
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(_TOP_KEYS))}"
+            )
         for key in ("name", "model", "objective"):
             if data.get(key) in (None, ""):
                 raise ConfigError(f"{where}: missing '{key}'")
@@ -285,23 +321,33 @@ class StudyConfig:
             raise ConfigError(message) from None
 
     @classmethod
-    def _build(cls, data: Mapping[str, Any], base_dir: Path | None, source: str, check_files: bool) -> "StudyConfig":
+    def _build(cls, data: Mapping[str, Any], base_dir: Path | None, source: str, check_files: bool) -> StudyConfig:
         protocol_data = _mapping(data.get("protocol"), "protocol", "study")
         unknown = sorted(set(protocol_data) - _PROTOCOL_KEYS)
         if unknown:
-            raise ConfigError(f"protocol: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(_PROTOCOL_KEYS))}")
+            raise ConfigError(
+                f"protocol: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(_PROTOCOL_KEYS))}"
+            )
         feedback = protocol_data.get("feedback", "preference")
         prompts = _mapping(data.get("prompts"), "prompts", "study")
         unknown = sorted(set(prompts) - {"train", "validation"})
         if unknown:
             raise ConfigError(f"prompts: unknown key(s) {', '.join(map(str, unknown))}; known: train, validation")
         if prompts.get("train") is None:
-            hint = " (prompt/image pairs: pass --prompts pairs.csv with prompt,image columns)" if feedback == "target" else ""
+            hint = (
+                " (prompt/image pairs: pass --prompts pairs.csv with prompt,image columns)"
+                if feedback == "target"
+                else ""
+            )
             raise ConfigError(f"prompts: no train prompts given{hint}")
         with_images = feedback == "target"
-        train = load_prompts(prompts["train"], base_dir=base_dir, images=with_images and check_files, what="train prompts")
+        train = load_prompts(
+            prompts["train"], base_dir=base_dir, images=with_images and check_files, what="train prompts"
+        )
         validation = (
-            load_prompts(prompts["validation"], base_dir=base_dir, images=with_images and check_files, what="validation prompts")
+            load_prompts(
+                prompts["validation"], base_dir=base_dir, images=with_images and check_files, what="validation prompts"
+            )
             if prompts.get("validation") is not None
             else PromptSet(())
         )
@@ -309,7 +355,10 @@ class StudyConfig:
             train, validation = _unchecked_images(prompts["train"]), _unchecked_images(prompts.get("validation"))
         overlap = set(train.prompts) & set(validation.prompts)
         if overlap:
-            logger.warning("%d validation prompt(s) also appear in the train prompts; held-out results will be optimistic", len(overlap))
+            logger.warning(
+                "%d validation prompt(s) also appear in the train prompts; held-out results will be optimistic",
+                len(overlap),
+            )
         seed = data.get("seed", 0)
         protocol = Protocol(
             prompts=train.prompts,
@@ -321,7 +370,9 @@ class StudyConfig:
             validation_targets=validation.images,
             temperature=protocol_data.get("temperature", 0.0),
             value=protocol_data.get("value", "improvement"),
-            negative_prompt=_string(protocol_data.get("negative_prompt", DEFAULT_NEGATIVE_PROMPT), "protocol.negative_prompt"),
+            negative_prompt=_string(
+                protocol_data.get("negative_prompt", DEFAULT_NEGATIVE_PROMPT), "protocol.negative_prompt"
+            ),
             seed=seed,
             height=protocol_data.get("height"),
             width=protocol_data.get("width"),
@@ -363,7 +414,7 @@ class StudyConfig:
         record = self._value_record()
         return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
 
-    def differences(self, other: "StudyConfig") -> list[str]:
+    def differences(self, other: StudyConfig) -> list[str]:
         """Names of the trial-value settings in which ``other`` differs from this config."""
         a, b = self._value_record(), other._value_record()
         return [k for k in _VALUE_KEYS if json.dumps(a[k], sort_keys=True) != json.dumps(b[k], sort_keys=True)]
@@ -393,7 +444,9 @@ def study_file(study: str | Path) -> Path:
         return path.resolve()
     path = STUDIES_DIR / f"{text}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown study {text!r}; built-in studies: {', '.join(available_studies())} (or pass a YAML file)")
+        raise ConfigError(
+            f"unknown study {text!r}; built-in studies: {', '.join(available_studies())} (or pass a YAML file)"
+        )
     return path
 
 
@@ -447,7 +500,10 @@ def merge_study_data(base: Mapping[str, Any], override: Mapping[str, Any]) -> di
         if key in ("sampler", "pruner"):
             old, new = _as_named(out.get(key)), _as_named(value)
             if old is not None and new is not None and new.get("name", old.get("name")) == old.get("name"):
-                out[key] = {"name": old.get("name"), "options": {**(old.get("options") or {}), **(new.get("options") or {})}}
+                out[key] = {
+                    "name": old.get("name"),
+                    "options": {**(old.get("options") or {}), **(new.get("options") or {})},
+                }
             else:
                 out[key] = copy.deepcopy(value)
         elif key == "prompts" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
@@ -474,7 +530,9 @@ def load_study_config(study: str | Path, overrides: Mapping[str, Any] | None = N
     return StudyConfig.from_dict(data, base_dir=path.parent, source=str(path))
 
 
-def resolve_study(study: str | Path | None = None, objective: str | None = None, overrides: Mapping[str, Any] | None = None) -> StudyConfig:
+def resolve_study(
+    study: str | Path | None = None, objective: str | None = None, overrides: Mapping[str, Any] | None = None
+) -> StudyConfig:
     """The study the command line asks for.
 
     * ``study`` given: that study, with ``objective`` (if any) replacing its objective.
@@ -487,7 +545,10 @@ def resolve_study(study: str | Path | None = None, objective: str | None = None,
     """
     overrides = dict(overrides or {})
     if study is None and objective is None:
-        raise ConfigError(f"pass --objective (e.g. pickscore) or --study (one of {', '.join(available_studies())}, or a YAML file)")
+        raise ConfigError(
+            f"give an objective (e.g. pickscore) or a study (one of {', '.join(available_studies())}, or a YAML file)",
+            option="study",
+        )
     if objective is not None:
         from objectives.composite import parse_spec
 
@@ -533,7 +594,9 @@ def _absolute_paths(data: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     if isinstance(weights, Mapping):
         # A weights value that names an existing relative path is a local checkpoint.
         out["objective_weights"] = {
-            k: str((base_dir / v).resolve()) if isinstance(v, str) and not Path(v).is_absolute() and (base_dir / v).exists() else v
+            k: str((base_dir / v).resolve())
+            if isinstance(v, str) and not Path(v).is_absolute() and (base_dir / v).exists()
+            else v
             for k, v in weights.items()
         }
     model = out.get("model")

@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from fabric.errors import ConfigError
 from fabric.params import FabricParams
@@ -185,14 +186,18 @@ def _unsupported(params: FabricParams, target: str, *, min_weight: bool) -> list
     if params.pos_bottleneck_scale != 1.0 or params.neg_bottleneck_scale != 1.0:
         notes.append(
             f"depth profile (pos_bottleneck_scale={params.pos_bottleneck_scale:g}, neg_bottleneck_scale="
-            f"{params.neg_bottleneck_scale:g}) is not representable in {target}: it applies one weight at every U-Net depth"
+            f"{params.neg_bottleneck_scale:g}) is not representable in {target}: it applies one weight at every "
+            "U-Net depth"
         )
     if params.prompt_dropout > 0:
-        notes.append(f"prompt_dropout={params.prompt_dropout:g} is not representable in {target}: prompts are used whole")
+        notes.append(
+            f"prompt_dropout={params.prompt_dropout:g} is not representable in {target}: prompts are used whole"
+        )
     if params.max_references is not None:
         k = params.max_references
         notes.append(
-            f"max_references={k} is not representable in {target}: it uses every reference image given, so pass at most "
+            f"max_references={k} is not representable in {target}: it uses every reference image given, so pass at "
+            "most "
             f"{k} liked and {k} disliked images (the most recent)"
         )
     return notes
@@ -201,7 +206,11 @@ def _unsupported(params: FabricParams, target: str, *, min_weight: bool) -> list
 def _sampler_note(context: ExportContext, target: str, name: str) -> list[str]:
     if context.scheduler is None:
         return [f"sampler set to {name}; the study used the model's own scheduler"]
-    return [] if context.scheduler in ("euler-a",) else [f"sampler set to {name} for the study's scheduler {context.scheduler!r}"]
+    return (
+        []
+        if context.scheduler in ("euler-a",)
+        else [f"sampler set to {name} for the study's scheduler {context.scheduler!r}"]
+    )
 
 
 # ---- json -----------------------------------------------------------------------------------
@@ -244,14 +253,22 @@ def a1111_schedule(params: FabricParams) -> tuple[float, float, float, float, st
     steps = active_steps(n, params.feedback_start, params.feedback_end)
     if len(steps) == 0:
         w = params.min_weight
-        return 0.0, 1.0, w, w, f"no step of {n} has full-weight feedback (start rounds past the last step): exported as a constant weight {w:g}"
+        return (
+            0.0,
+            1.0,
+            w,
+            w,
+            f"no step of {n} has full-weight feedback (start rounds past the last step): exported as a constant "
+            f"weight {w:g}",
+        )
     i0, i1 = steps[0], steps[-1]
     if n == 1:
         return 0.0, 1.0, params.min_weight, params.max_weight, "one step: feedback on it"
     start = 0.0 if i0 == 0 else round((i0 - 0.5) / (n - 1), 4)
     end = 1.0 if i1 == n - 1 else round((i1 + 0.5) / (n - 1), 4)
     note = (
-        f"schedule converted from step indices to the extension's timestep progress 1 - t/(T-1): fabric_start {start:g}, "
+        "schedule converted from step indices to the extension's timestep progress 1 - t/(T-1): fabric_start "
+        f"{start:g}, "
         f"fabric_end {end:g} keep steps {i0}..{i1} of {n} active (feedback_start={params.feedback_start:g}, "
         f"feedback_end={params.feedback_end:g}); assumes A1111's uniform timestep spacing for {n} steps"
     )
@@ -259,9 +276,13 @@ def a1111_schedule(params: FabricParams) -> tuple[float, float, float, float, st
 
 
 def _a1111_value(value: Any) -> str:
-    text = json.dumps(value) if isinstance(value, (list, tuple)) else (repr(value) if isinstance(value, float) else str(value))
+    text = (
+        json.dumps(value)
+        if isinstance(value, (list, tuple))
+        else (repr(value) if isinstance(value, float) else str(value))
+    )
     # A1111 quotes values that would break its "key: value, key: value" line.
-    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n\"") else text
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') else text
 
 
 def format_a1111(prompt: str, negative_prompt: str, fields: Sequence[tuple[str, Any]]) -> str:
@@ -311,9 +332,16 @@ def parse_a1111(text: str) -> dict[str, Any]:
 def _export_a1111(params: FabricParams, context: ExportContext) -> Export:
     start, end, min_w, max_w, schedule_note = a1111_schedule(params)
     sampler = _A1111_SAMPLERS.get(context.scheduler, "Euler a")
-    notes = [schedule_note, *_unsupported(params, "the A1111 extension", min_weight=False), *_sampler_note(context, "A1111", sampler)]
+    notes = [
+        schedule_note,
+        *_unsupported(params, "the A1111 extension", min_weight=False),
+        *_sampler_note(context, "A1111", sampler),
+    ]
     if not context.liked and not context.disliked:
-        notes.append("no reference images: add liked/disliked images in the extension (fabric_pos_images/fabric_neg_images are empty)")
+        notes.append(
+            "no reference images: add liked/disliked images in the extension (fabric_pos_images/fabric_neg_images "
+            "are empty)"
+        )
     fields: list[tuple[str, Any]] = [
         ("Steps", params.steps),
         ("Sampler", sampler),
@@ -362,14 +390,24 @@ def _export_comfyui(params: FabricParams, context: ExportContext) -> Export:
     neg = params.max_weight * params.neg_scale
     sampler_name, scheduler = _COMFY_SAMPLERS.get(context.scheduler, ("euler_ancestral", "normal"))
     notes = _unsupported(params, "ComfyUI_fabric", min_weight=True) + _sampler_note(context, "ComfyUI", sampler_name)
-    notes.append(f"feedback on steps {start}..{end - 1} of {n}: KSamplerFABRICAdv feedback_start={start}, feedback_end={end} (end exclusive)")
+    notes.append(
+        f"feedback on steps {start}..{end - 1} of {n}: KSamplerFABRICAdv feedback_start={start}, "
+        f"feedback_end={end} (end exclusive)"
+    )
     # The simple node runs steps 0 .. int(steps * percent) - 1; the midpoint of the interval that
     # gives `end` survives float rounding.
     percent = 1.0 if end >= n else round((end + 0.5) / n, 4)
     if start > 0:
         notes.append(f"KSamplerFABRIC (simple) always starts feedback at step 0, not {start}: use KSamplerFABRICAdv")
     notes.append("FABRICPatchModel has no schedule: it applies feedback on every step")
-    sampler = {"seed": context.seed, "steps": n, "cfg": params.guidance_scale, "sampler_name": sampler_name, "scheduler": scheduler, "denoise": 1.0}
+    sampler = {
+        "seed": context.seed,
+        "steps": n,
+        "cfg": params.guidance_scale,
+        "sampler_name": sampler_name,
+        "scheduler": scheduler,
+        "denoise": 1.0,
+    }
     adv = {**sampler, "pos_weight": pos, "neg_weight": neg, "feedback_start": start, "feedback_end": end}
     simple = {**sampler, "pos_weight": pos, "neg_weight": neg, "feedback_percent": percent}
     patch = {"pos_weight": pos, "neg_weight": neg}
@@ -377,14 +415,29 @@ def _export_comfyui(params: FabricParams, context: ExportContext) -> Export:
     def widgets(values: Mapping[str, Any], tail: Sequence[str]) -> list[Any]:
         # The UI workflow's widgets_values: KSampler's widgets (with "control_after_generate"
         # after the seed), then the FABRIC inputs in declaration order.
-        return [values["seed"], "fixed", values["steps"], values["cfg"], values["sampler_name"], values["scheduler"], values["denoise"], *(values[k] for k in tail)]
+        return [
+            values["seed"],
+            "fixed",
+            values["steps"],
+            values["cfg"],
+            values["sampler_name"],
+            values["scheduler"],
+            values["denoise"],
+            *(values[k] for k in tail),
+        ]
 
     document = {
         "format": "fabric-opt.comfyui",
         "version": 1,
         "nodes": {
-            "KSamplerFABRICAdv": {"inputs": adv, "widgets_values": widgets(adv, ("pos_weight", "neg_weight", "feedback_start", "feedback_end"))},
-            "KSamplerFABRIC": {"inputs": simple, "widgets_values": widgets(simple, ("pos_weight", "neg_weight", "feedback_percent"))},
+            "KSamplerFABRICAdv": {
+                "inputs": adv,
+                "widgets_values": widgets(adv, ("pos_weight", "neg_weight", "feedback_start", "feedback_end")),
+            },
+            "KSamplerFABRIC": {
+                "inputs": simple,
+                "widgets_values": widgets(simple, ("pos_weight", "neg_weight", "feedback_percent")),
+            },
             "FABRICPatchModel": {"inputs": patch, "widgets_values": [pos, neg]},
         },
         "prompt": context.prompt,

@@ -24,14 +24,16 @@ when given, else against the prompt file's folder. Every problem is a one-line
 from __future__ import annotations
 
 import csv
-import json
 import importlib.resources
+import json
 import logging
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
+from fabric.checks import check_int
 from fabric.errors import ConfigError
 
 __all__ = [
@@ -68,7 +70,9 @@ class PromptSet:
 
     def __post_init__(self) -> None:
         if self.images and len(self.images) != len(self.prompts):
-            raise ConfigError(f"{self.source or 'prompt set'}: {len(self.prompts)} prompts but {len(self.images)} images")
+            raise ConfigError(
+                f"{self.source or 'prompt set'}: {len(self.prompts)} prompts but {len(self.images)} images"
+            )
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -105,7 +109,9 @@ def resolve_source_item(item: Any, base_dir: Path | None) -> Any:
     return item
 
 
-def load_prompts(source: Any, *, base_dir: str | Path | None = None, images: bool = False, what: str = "prompts") -> PromptSet:
+def load_prompts(
+    source: Any, *, base_dir: str | Path | None = None, images: bool = False, what: str = "prompts"
+) -> PromptSet:
     """Read a prompt source (see module docs).
 
     Args:
@@ -124,10 +130,14 @@ def load_prompts(source: Any, *, base_dir: str | Path | None = None, images: boo
     if isinstance(source, Mapping):
         unknown = sorted(set(source) - _SOURCE_KEYS)
         if unknown:
-            raise ConfigError(f"{what}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(_SOURCE_KEYS))}")
+            raise ConfigError(
+                f"{what}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(_SOURCE_KEYS))}"
+            )
         options = dict(source)
         if ("file" in options) == ("list" in options):
-            raise ConfigError(f"{what}: give exactly one of 'file' (a path or built-in list name) or 'list' (inline prompts)")
+            raise ConfigError(
+                f"{what}: give exactly one of 'file' (a path or built-in list name) or 'list' (inline prompts)"
+            )
         source = options.pop("file") if "file" in options else options.pop("list")
     if source is None:
         raise ConfigError(f"{what}: no prompt source given")
@@ -137,7 +147,9 @@ def load_prompts(source: Any, *, base_dir: str | Path | None = None, images: boo
         rows, label = _inline_rows(source, base, what), "inline list"
         _no_column_options(options, what)
     else:
-        raise ConfigError(f"{what}: expected a list name, a file path, a list or a mapping, got {type(source).__name__}")
+        raise ConfigError(
+            f"{what}: expected a list name, a file path, a list or a mapping, got {type(source).__name__}"
+        )
     rows = _select(rows, options, f"{what} ({label})")
     if not rows:
         raise ConfigError(f"{what}: {label} has no prompts")
@@ -158,7 +170,12 @@ def load_prompts(source: Any, *, base_dir: str | Path | None = None, images: boo
 
 
 def _is_builtin(name: str) -> bool:
-    return "/" not in name and "\\" not in name and not name.endswith(_SUFFIXES) and (PROMPTS_DIR / f"{name}.txt").is_file()
+    return (
+        "/" not in name
+        and "\\" not in name
+        and not name.endswith(_SUFFIXES)
+        and (PROMPTS_DIR / f"{name}.txt").is_file()
+    )
 
 
 def _absolute(path: str, base: Path | None) -> Path:
@@ -168,7 +185,9 @@ def _absolute(path: str, base: Path | None) -> Path:
     return p.resolve()
 
 
-def _read_named(source: str, base: Path | None, options: dict[str, Any], what: str) -> tuple[list[tuple[str, str]], str]:
+def _read_named(
+    source: str, base: Path | None, options: dict[str, Any], what: str
+) -> tuple[list[tuple[str, str]], str]:
     if _is_builtin(source):
         _no_column_options(options, what)
         return _read_txt(PROMPTS_DIR / f"{source}.txt", what), source
@@ -210,7 +229,9 @@ def _read_txt(path: Path, what: str) -> list[tuple[str, str]]:
     return [(line.strip(), "") for line in _read_text(path, what).splitlines() if line.strip()]
 
 
-def _pick_column(fields: Sequence[str], wanted: str | None, candidates: Sequence[str], path: Path, what: str, kind: str) -> str | None:
+def _pick_column(
+    fields: Sequence[str], wanted: str | None, candidates: Sequence[str], path: Path, what: str, kind: str
+) -> str | None:
     by_lower = {f.strip().lower(): f for f in fields if f}
     if wanted:
         if wanted.strip().lower() not in by_lower:
@@ -222,7 +243,9 @@ def _pick_column(fields: Sequence[str], wanted: str | None, candidates: Sequence
     return None
 
 
-def _read_csv(path: Path, column: str | None, image_column: str | None, images_dir: Path, what: str) -> list[tuple[str, str]]:
+def _read_csv(
+    path: Path, column: str | None, image_column: str | None, images_dir: Path, what: str
+) -> list[tuple[str, str]]:
     text = _read_text(path, what)
     try:
         reader = csv.DictReader(text.splitlines())
@@ -230,7 +253,8 @@ def _read_csv(path: Path, column: str | None, image_column: str | None, images_d
         prompt_col = _pick_column(fields, column, _PROMPT_COLUMNS, path, what, "prompt")
         if prompt_col is None:
             raise ConfigError(
-                f"{what}: {path.name} needs a 'prompt' column (or pass column: NAME); columns: {', '.join(fields) or 'none'}"
+                f"{what}: {path.name} needs a 'prompt' column (or pass column: NAME); columns: "
+                f"{', '.join(fields) or 'none'}"
             )
         image_col = _pick_column(fields, image_column, _IMAGE_COLUMNS, path, what, "image")
         rows = []
@@ -267,12 +291,16 @@ def _inline_rows(items: Sequence[Any], base: Path | None, what: str) -> list[tup
         elif isinstance(item, Mapping):
             unknown = sorted(set(item) - {"prompt", "image"})
             if unknown or not isinstance(item.get("prompt"), str):
-                raise ConfigError(f"{what}: entry {i} must be a string or a {{prompt, image}} mapping, got {dict(item)!r}")
+                raise ConfigError(
+                    f"{what}: entry {i} must be a string or a {{prompt, image}} mapping, got {dict(item)!r}"
+                )
             prompt, image = item["prompt"], item.get("image") or ""
             if not isinstance(image, str):
                 raise ConfigError(f"{what}: entry {i}: image must be a path, got {image!r}")
         else:
-            raise ConfigError(f"{what}: entry {i} must be a string or a {{prompt, image}} mapping, got {type(item).__name__}")
+            raise ConfigError(
+                f"{what}: entry {i} must be a string or a {{prompt, image}} mapping, got {type(item).__name__}"
+            )
         if not prompt.strip():
             raise ConfigError(f"{what}: entry {i} is an empty prompt")
         rows.append((prompt.strip(), str(_absolute(image, base)) if image else ""))
@@ -283,9 +311,7 @@ def _integer(options: Mapping[str, Any], key: str, low: int, what: str) -> int |
     value = options.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{what}: {key} must be an integer >= {low}, got {value!r}")
-    return value
+    return check_int(f"{what}: {key}", value, minimum=low, error=ConfigError)
 
 
 def _select(rows: list[tuple[str, str]], options: Mapping[str, Any], what: str) -> list[tuple[str, str]]:

@@ -36,18 +36,19 @@ import logging
 import math
 import os
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Literal
 
-from fabric.errors import ConfigError, ImageError
+from fabric.checks import check_int
+from fabric.errors import ConfigError
+from fabric.images import ImageLike, image_key, load_image
 from fabric.params import FabricParams
 from optimize.space import SearchSpace
 
 if TYPE_CHECKING:
     import optuna
-    import torch
-    from PIL import Image
 
     from objectives.base import Objective
 
@@ -72,7 +73,6 @@ DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst qualit
 FeedbackKind = Literal["preference", "target"]
 ValueKind = Literal["improvement", "final", "mean"]
 Split = Literal["train", "validation"]
-ImageLike = Union["Image.Image", str, Path]
 # on_round(prompt_index, round, images, scores): scores maps objective name -> per-image scores.
 RoundCallback = Callable[[int, int, list, Mapping[str, list[float]]], None]
 
@@ -174,16 +174,12 @@ class Protocol:
         for prompt in (*self.prompts, *self.validation_prompts):
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ConfigError(f"prompts must be non-empty strings, got {prompt!r}")
-        for name in ("rounds", "n_images", "seed", "prompt_batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"protocol {name} must be an integer, got {value!r}")
-        if self.rounds < 1:
-            raise ConfigError(f"protocol rounds must be >= 1, got {self.rounds}")
-        if self.prompt_batch < 1:
-            raise ConfigError(f"protocol prompt_batch must be >= 1, got {self.prompt_batch}")
+        for name, minimum in (("rounds", 1), ("n_images", None), ("seed", None), ("prompt_batch", 1)):
+            check_int(f"protocol {name}", getattr(self, name), minimum=minimum, error=ConfigError)
         if self.n_images < (2 if self.rounds > 1 else 1):
-            raise ConfigError(f"protocol n_images must be >= 2 to like one image and dislike another, got {self.n_images}")
+            raise ConfigError(
+                f"protocol n_images must be >= 2 to like one image and dislike another, got {self.n_images}"
+            )
         if self.feedback not in ("preference", "target"):
             raise ConfigError(f"protocol feedback must be 'preference' or 'target', got {self.feedback!r}")
         if self.value not in ("improvement", "final", "mean"):
@@ -194,7 +190,10 @@ class Protocol:
             raise ConfigError(f"protocol temperature must be finite and >= 0, got {self.temperature}")
         if self.feedback == "target":
             if len(self.targets) != len(self.prompts):
-                raise ConfigError(f"target feedback needs one target per prompt: {len(self.prompts)} prompts, {len(self.targets)} targets")
+                raise ConfigError(
+                    f"target feedback needs one target per prompt: {len(self.prompts)} prompts, "
+                    f"{len(self.targets)} targets"
+                )
             if len(self.validation_targets) != len(self.validation_prompts):
                 raise ConfigError(
                     f"target feedback needs one target per validation prompt: {len(self.validation_prompts)} prompts, "
@@ -203,9 +202,8 @@ class Protocol:
         elif self.targets or self.validation_targets:
             raise ConfigError("targets are only used with feedback='target'")
         for name in ("height", "width"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 8):
-                raise ConfigError(f"protocol {name} must be an integer >= 8 or None, got {value!r}")
+            if getattr(self, name) is not None:
+                check_int(f"protocol {name}", getattr(self, name), minimum=8, error=ConfigError)
 
     def split(self, split: Split) -> tuple[tuple[str, ...], tuple[ImageLike, ...]]:
         """Prompts and targets of ``split``."""
@@ -304,8 +302,8 @@ class _Session:
 
     index: int
     prompt: str
-    feedback_objective: "Objective"
-    scored: tuple["Objective", ...]
+    feedback_objective: Objective
+    scored: tuple[Objective, ...]
     metrics: dict[str, list[float]]  # metric name -> per-round means
     liked: list[Any] = field(default_factory=list)
     disliked: list[Any] = field(default_factory=list)
@@ -337,12 +335,12 @@ class TrialEvaluator:
     def __init__(
         self,
         generator: Any,
-        objective: "Objective",
+        objective: Objective,
         protocol: Protocol,
         space: SearchSpace | None = None,
         *,
-        feedback_objective: "Objective | None" = None,
-        metrics: "Mapping[str, Objective] | None" = None,
+        feedback_objective: Objective | None = None,
+        metrics: Mapping[str, Objective] | None = None,
         on_round: RoundCallback | None = None,
         baseline_cache: str | Path | None = None,
         cache_key: str = "",
@@ -356,9 +354,13 @@ class TrialEvaluator:
         self.directions: tuple[str, ...] = tuple(objective.directions)
         if len(self.directions) != len(self.objectives):
             raise ConfigError("a multi-objective needs one direction per objective")
-        self.feedback_objective: Objective = feedback_objective if feedback_objective is not None else self.objectives[0]
+        self.feedback_objective: Objective = (
+            feedback_objective if feedback_objective is not None else self.objectives[0]
+        )
         if len(self.feedback_objective.directions) != 1:
-            raise ConfigError(f"the simulated user needs one score per image; {self.feedback_objective.name!r} gives several")
+            raise ConfigError(
+                f"the simulated user needs one score per image; {self.feedback_objective.name!r} gives several"
+            )
         self.metrics = dict(metrics or {})
         self.on_round = on_round
         self.baseline_cache = baseline_cache
@@ -386,11 +388,33 @@ class TrialEvaluator:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
-    def __call__(self, trial: "optuna.Trial") -> float | tuple[float, ...]:
-        """Sample parameters from the space, evaluate the train split, record, return the value."""
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        """The Optuna objective: :meth:`run_trial` without hooks."""
+        return self.run_trial(trial)
+
+    def run_trial(
+        self,
+        trial: optuna.Trial,
+        *,
+        on_start: Callable[[optuna.Trial, dict[str, Any], FabricParams], None] | None = None,
+        on_round: RoundCallback | None = None,
+    ) -> float | tuple[float, ...]:
+        """Sample parameters from the space, evaluate the train split, record, return the value.
+
+        Args:
+            trial: the Optuna trial.
+            on_start: called with the trial, its search values and parameters before any image
+                is generated (tracking starts the trial's run there).
+            on_round: overrides the evaluator's ``on_round`` for this trial.
+
+        Returns:
+            The trial value, or one value per objective.
+        """
         values = self.space.suggest(trial)
         params = self.space.to_params(values)
-        result = self.evaluate(params, trial=trial)
+        if on_start is not None:
+            on_start(trial, values, params)
+        result = self.evaluate(params, trial=trial, on_round=on_round)
         for key, value in result.user_attrs().items():
             trial.set_user_attr(key, value)
         return result.values if self.multi_objective else result.value
@@ -402,7 +426,7 @@ class TrialEvaluator:
         *,
         split: Split = "train",
         replicate: int = 0,
-        trial: "optuna.Trial | None" = None,
+        trial: optuna.Trial | None = None,
         on_round: RoundCallback | None = None,
     ) -> TrialResult:
         """Evaluate ``params`` on a split (see module docs).
@@ -428,13 +452,21 @@ class TrialEvaluator:
         baseline = self.baseline(split, replicate) if self.protocol.value == "improvement" else None
         results: list[PromptResult] = []
         for batch in self._prompt_batches(len(prompts)):
-            for p, (round_scores, metrics) in zip(batch, self._run_prompts(params, split, replicate, batch, feedback=True, on_round=callback)):
+            for p, (round_scores, metrics) in zip(
+                batch, self._run_prompts(params, split, replicate, batch, feedback=True, on_round=callback)
+            ):
                 value = self._prompt_value(round_scores, baseline[p] if baseline is not None else None)
                 results.append(PromptResult(p, prompts[p], round_scores, value, metrics))
                 if trial is not None and self.protocol.prune and not self.multi_objective:
                     trial.report(_mean([r.value[0] for r in results]), step=p)
             done = len(results)
-            if trial is not None and self.protocol.prune and not self.multi_objective and done < len(prompts) and trial.should_prune():
+            if (
+                trial is not None
+                and self.protocol.prune
+                and not self.multi_objective
+                and done < len(prompts)
+                and trial.should_prune()
+            ):
                 running = _mean([r.value[0] for r in results])
                 partial = self._result(params, split, replicate, results, baseline)
                 for key, val in partial.user_attrs().items():
@@ -458,7 +490,9 @@ class TrialEvaluator:
         the baseline's (no liked or disliked images). Returns ``[round][objective]`` mean scores."""
         prompts, _ = self.protocol.split(split)
         if not 0 <= prompt_index < len(prompts):
-            raise ConfigError(f"prompt index {prompt_index} is out of range: the {split} split has {len(prompts)} prompts")
+            raise ConfigError(
+                f"prompt index {prompt_index} is out of range: the {split} split has {len(prompts)} prompts"
+            )
         return self._run_prompts(params, split, replicate, [prompt_index], feedback=feedback, on_round=on_round)[0][0]
 
     def baseline(self, split: Split = "train", replicate: int = 0) -> tuple[tuple[tuple[float, ...], ...], ...]:
@@ -476,7 +510,9 @@ class TrialEvaluator:
             baseline = tuple(
                 scores
                 for batch in self._prompt_batches(len(prompts))
-                for scores, _ in self._run_prompts(self.space.base, split, replicate, batch, feedback=False, on_round=None)
+                for scores, _ in self._run_prompts(
+                    self.space.base, split, replicate, batch, feedback=False, on_round=None
+                )
             )
             self.baseline_runs += 1
             self._write_cache(key, baseline)
@@ -512,18 +548,31 @@ class TrialEvaluator:
         return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
     def _run_prompts(
-        self, params: FabricParams, split: Split, replicate: int, batch: Sequence[int], *, feedback: bool, on_round: RoundCallback | None
+        self,
+        params: FabricParams,
+        split: Split,
+        replicate: int,
+        batch: Sequence[int],
+        *,
+        feedback: bool,
+        on_round: RoundCallback | None,
     ) -> list[tuple[tuple[tuple[float, ...], ...], dict[str, tuple[float, ...]]]]:
         """All rounds of the prompts in ``batch``, round by round; per prompt ``(round scores, metrics)``."""
         proto = self.protocol
         prompts, _ = proto.split(split)
-        sessions = [_Session(p, prompts[p], *self._objectives_for(split, p), {name: [] for name in self.metrics}) for p in batch]
+        sessions = [
+            _Session(p, prompts[p], *self._objectives_for(split, p), {name: [] for name in self.metrics}) for p in batch
+        ]
         for r in range(proto.rounds):
-            seeds = [[image_seed(proto.seed, split, replicate, s.index, r, i) for i in range(proto.n_images)] for s in sessions]
+            seeds = [
+                [image_seed(proto.seed, split, replicate, s.index, r, i) for i in range(proto.n_images)]
+                for s in sessions
+            ]
             for s, images in zip(sessions, self._generate(params, sessions, seeds)):
                 p, prompt = s.index, s.prompt
                 scores = {
-                    name: self._score(obj, images, prompt, where=(split, p, r)) for name, obj in zip(self.objective_names, s.scored)
+                    name: self._score(obj, images, prompt, where=(split, p, r))
+                    for name, obj in zip(self.objective_names, s.scored)
                 }
                 s.round_scores.append(tuple(_mean(v) for v in scores.values()))
                 if on_round is not None:
@@ -534,7 +583,11 @@ class TrialEvaluator:
                     s.metrics[name].append(_mean(self._score(obj, images, prompt, where=(split, p, r))))
                 if r + 1 < proto.rounds:
                     same = s.feedback_objective is s.scored[0]
-                    fb = scores[self.objective_names[0]] if same else self._score(s.feedback_objective, images, prompt, where=(split, p, r))
+                    fb = (
+                        scores[self.objective_names[0]]
+                        if same
+                        else self._score(s.feedback_objective, images, prompt, where=(split, p, r))
+                    )
                     if s.feedback_objective.directions[0] == "minimize":
                         fb = [-v for v in fb]
                     user_seed = image_seed(proto.seed, "user", split, replicate, p, r)
@@ -543,7 +596,7 @@ class TrialEvaluator:
                     s.disliked.append(images[dislike])
         return [(tuple(s.round_scores), {k: tuple(v) for k, v in s.metrics.items()}) for s in sessions]
 
-    def _generate(self, params: FabricParams, sessions: list["_Session"], seeds: list[list[int]]) -> list[list]:
+    def _generate(self, params: FabricParams, sessions: list[_Session], seeds: list[list[int]]) -> list[list]:
         """One round's images for every session: one ``generate_many`` call when the generator has
         it and there are several prompts, else one ``generate`` call per prompt."""
         proto = self.protocol
@@ -604,7 +657,7 @@ class TrialEvaluator:
             baseline_round_scores=baseline,
         )
 
-    def _score(self, objective: "Objective", images: list, prompt: str, where: tuple) -> list[float]:
+    def _score(self, objective: Objective, images: list, prompt: str, where: tuple) -> list[float]:
         scores = objective.score(images, prompt)
         values = [float(v) for v in _as_list(scores)]
         bad = [v for v in values if not math.isfinite(v)]
@@ -616,14 +669,14 @@ class TrialEvaluator:
             )
         return values
 
-    def _objectives_for(self, split: Split, p: int) -> tuple["Objective", tuple["Objective", ...]]:
+    def _objectives_for(self, split: Split, p: int) -> tuple[Objective, tuple[Objective, ...]]:
         """The feedback objective and the scored objectives for one prompt (target-bound)."""
         if self.protocol.feedback != "target":
             return self.feedback_objective, self.objectives
         key = (split, p)
         if key not in self._bound:
             _, targets = self.protocol.split(split)
-            target = _load_image(targets[p])
+            target = load_image(targets[p])
             feedback = self.feedback_objective.with_target(target)
             scored = []
             for obj in self.objectives:
@@ -639,9 +692,7 @@ class TrialEvaluator:
         key = (split, i)
         if key not in self._target_keys:
             _, targets = self.protocol.split(split)
-            image = _load_image(targets[i])
-            digest = hashlib.sha256(f"{image.mode}{image.size}".encode() + image.tobytes()).hexdigest()[:16]
-            self._target_keys[key] = digest
+            self._target_keys[key] = image_key(load_image(targets[i]))
         return self._target_keys[key]
 
     def _read_cache(self) -> dict[str, Any]:
@@ -650,7 +701,9 @@ class TrialEvaluator:
         try:
             data = json.loads(self.baseline_cache.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            logger.warning("ignoring unreadable baseline cache %s (%s); delete it to silence this", self.baseline_cache, exc)
+            logger.warning(
+                "ignoring unreadable baseline cache %s (%s); delete it to silence this", self.baseline_cache, exc
+            )
             return {}
         return data if isinstance(data, dict) else {}
 
@@ -669,7 +722,7 @@ class TrialEvaluator:
 
 def evaluate(
     generator: Any,
-    objective: "Objective",
+    objective: Objective,
     params: FabricParams,
     protocol: Protocol,
     *,
@@ -687,18 +740,6 @@ def _identity(obj: Any) -> str:
         fingerprint = fingerprint()
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}:{getattr(obj, 'name', '')}:{fingerprint or ''}"
-
-
-def _load_image(image: ImageLike) -> "Image.Image":
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    try:
-        with Image.open(image) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as exc:
-        raise ImageError(f"cannot read target image {image}: {exc}") from None
 
 
 def _as_list(scores: Any) -> list:
@@ -719,4 +760,3 @@ def _sem(values: Sequence[float]) -> float:
         return 0.0
     mu = _mean(values)
     return math.sqrt(sum((v - mu) ** 2 for v in values) / (n - 1) / n)
-

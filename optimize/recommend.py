@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError, FabricOptError
 from fabric.params import FabricParams
@@ -115,7 +116,7 @@ class Recommendation:
 
 
 def posterior_means(
-    study: "optuna.Study", space: SearchSpace, *, objective: int = 0, device: str = "cpu", seed: int = 0
+    study: optuna.Study, space: SearchSpace, *, objective: int = 0, device: str = "cpu", seed: int = 0
 ) -> list[Candidate]:
     """Complete trials of ``study`` with the GP posterior mean and std at their points.
 
@@ -158,10 +159,10 @@ def posterior_means(
 
 
 def recommend(
-    study: "optuna.Study",
+    study: optuna.Study,
     space: SearchSpace,
     *,
-    evaluator: "TrialEvaluator | None" = None,
+    evaluator: TrialEvaluator | None = None,
     objective: int = 0,
     top_k: int = 3,
     extra_seeds: int = 0,
@@ -211,7 +212,9 @@ def recommend(
         assert evaluator is not None
         top = []
         for c in ranked[: max(1, top_k)]:
-            values = tuple(evaluator.evaluate(c.params, replicate=k).values[objective] for k in range(1, extra_seeds + 1))
+            values = tuple(
+                evaluator.evaluate(c.params, replicate=k).values[objective] for k in range(1, extra_seeds + 1)
+            )
             top.append(_replace(c, reevaluated=values))
         ranked = sorted(top, key=lambda c: -sign * c.estimate) + ranked[len(top) :]
         method = "reevaluated"
@@ -219,24 +222,39 @@ def recommend(
     comparisons: list[Comparison] = []
     if references:
         assert evaluator is not None
-        refs = {name: DEFAULT_PRESETS[name] for name in references} if not isinstance(references, Mapping) else dict(references)
+        refs = (
+            {name: DEFAULT_PRESETS[name] for name in references}
+            if not isinstance(references, Mapping)
+            else dict(references)
+        )
         for label, ref in refs.items():
             ref_params = space.to_params(space.from_params(ref, clip=True))
             comparisons.append(
                 compare(
-                    evaluator, best.params, ref_params, label=label, split=split, objective=objective,
-                    n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
+                    evaluator,
+                    best.params,
+                    ref_params,
+                    label=label,
+                    split=split,
+                    objective=objective,
+                    n_bootstrap=n_bootstrap,
+                    confidence=confidence,
+                    seed=seed,
                 )
             )
     logger.info(
         "recommended trial %d (%s, estimate %.4g); noisy best trial %d (observed %.4g)",
-        best.trial_number, method, best.estimate, noisy_best.trial_number, noisy_best.observed,
+        best.trial_number,
+        method,
+        best.estimate,
+        noisy_best.trial_number,
+        noisy_best.observed,
     )
     return Recommendation(best, noisy_best, tuple(ranked), method, tuple(comparisons))
 
 
 def compare(
-    evaluator: "TrialEvaluator",
+    evaluator: TrialEvaluator,
     params: FabricParams,
     reference: FabricParams,
     *,
@@ -273,7 +291,7 @@ def compare(
     )
 
 
-def _direction(study: "optuna.Study", objective: int) -> str:
+def _direction(study: optuna.Study, objective: int) -> str:
     from optuna.study import StudyDirection
 
     if not 0 <= objective < len(study.directions):
@@ -281,7 +299,7 @@ def _direction(study: "optuna.Study", objective: int) -> str:
     return "minimize" if study.directions[objective] == StudyDirection.MINIMIZE else "maximize"
 
 
-def _complete(study: "optuna.Study", space: SearchSpace, objective: int) -> list[Candidate]:
+def _complete(study: optuna.Study, space: SearchSpace, objective: int) -> list[Candidate]:
     from optuna.trial import TrialState
 
     out = []

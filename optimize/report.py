@@ -19,18 +19,20 @@ import json
 import logging
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError
+from optimize.workers import finished_states
 
 if TYPE_CHECKING:
     import optuna
 
+    from optimize.config import StudyConfig
     from optimize.protocol import TrialEvaluator
     from optimize.recommend import Comparison, Recommendation
-    from optimize.config import StudyConfig
 
 __all__ = [
     "StudyReport",
@@ -71,7 +73,7 @@ class StudyReport:
     directions: tuple[str, ...]
     states: Mapping[str, int]
     best: tuple[Mapping[str, Any], ...]
-    recommendation: "Recommendation | None"
+    recommendation: Recommendation | None
     importances: Mapping[str, float] | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
     failures: tuple[tuple[int, str], ...] = ()
@@ -100,7 +102,11 @@ class StudyReport:
                 "posterior_std": _num(rec.best.posterior_std),
                 "reevaluated": list(rec.best.reevaluated),
                 "params": rec.params.to_dict(),
-                "noisy_best": {"trial": rec.noisy_best.trial_number, "observed": _num(rec.noisy_best.observed), "params": rec.noisy_best.params.to_dict()},
+                "noisy_best": {
+                    "trial": rec.noisy_best.trial_number,
+                    "observed": _num(rec.noisy_best.observed),
+                    "params": rec.noisy_best.params.to_dict(),
+                },
                 "comparisons": [
                     {
                         "reference": c.reference,
@@ -139,11 +145,17 @@ class StudyReport:
                 lines.append(f"| {key} | {_fmt(value)} | {_fmt(getattr(rec.noisy_best.params, key))} |")
             lines.append("")
             if rec.comparisons:
-                lines += ["## Held-out comparison", "", "Recommended minus reference, paired per prompt on the same seeds.", ""]
+                lines += [
+                    "## Held-out comparison",
+                    "",
+                    "Recommended minus reference, paired per prompt on the same seeds.",
+                    "",
+                ]
                 lines += ["| reference | mean difference | CI | better |", "|---|---|---|---|"]
                 for c in rec.comparisons:
                     lines.append(
-                        f"| {c.reference} | {c.mean_difference:+.4g} | [{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%}) | "
+                        f"| {c.reference} | {c.mean_difference:+.4g} | [{c.ci_low:+.4g}, {c.ci_high:+.4g}] "
+                        f"({c.confidence:.0%}) | "
                         f"{'yes' if c.better else 'not shown'} |"
                     )
                 lines.append("")
@@ -151,7 +163,12 @@ class StudyReport:
                 if caution:
                     lines += [f"Caution: {caution}", ""]
         if len(self.best) > 1:
-            lines += ["## Pareto front", "", "| trial | " + " | ".join(self.objective_names) + " |", "|---" * (1 + len(self.objective_names)) + "|"]
+            lines += [
+                "## Pareto front",
+                "",
+                "| trial | " + " | ".join(self.objective_names) + " |",
+                "|---" * (1 + len(self.objective_names)) + "|",
+            ]
             for b in self.best:
                 lines.append(f"| {b['number']} | " + " | ".join(f"{v:.4g}" for v in b["values"]) + " |")
             lines.append("")
@@ -170,7 +187,7 @@ class StudyReport:
 MIN_PROMPTS_FOR_CI = 5
 
 
-def small_sample_caution(comparisons: Sequence["Comparison"]) -> str | None:
+def small_sample_caution(comparisons: Sequence[Comparison]) -> str | None:
     """A warning when the held-out comparison rests on too few prompts to mean much."""
     n = min((len(c.per_prompt) for c in comparisons), default=0)
     if 0 < n < MIN_PROMPTS_FOR_CI:
@@ -192,7 +209,7 @@ def _fmt(value: Any) -> str:
 # ---- computing --------------------------------------------------------------------------------
 
 
-def param_importances(study: "optuna.Study", *, objective: int = 0, seed: int = 0) -> dict[str, float] | None:
+def param_importances(study: optuna.Study, *, objective: int = 0, seed: int = 0) -> dict[str, float] | None:
     """fANOVA importances of the searched parameters for one objective, or ``None`` when there
     are too few complete trials (or no variation) to compute them."""
     import optuna
@@ -214,10 +231,10 @@ def param_importances(study: "optuna.Study", *, objective: int = 0, seed: int = 
 
 
 def build_report(
-    study: "optuna.Study",
-    config: "StudyConfig",
+    study: optuna.Study,
+    config: StudyConfig,
     *,
-    evaluator: "TrialEvaluator | None" = None,
+    evaluator: TrialEvaluator | None = None,
     references: Sequence[str] | None = None,
     extra_seeds: int = 0,
     top_k: int = 3,
@@ -242,11 +259,18 @@ def build_report(
 
     from optimize.recommend import recommend
 
-    states = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    states = {
+        s.name: 0
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)
+    }
     for t in study.get_trials(deepcopy=False):
         states[t.state.name] = states.get(t.state.name, 0) + 1
     space = config.space
-    best_trials = [study.best_trial] if len(study.directions) == 1 and states["COMPLETE"] else (study.best_trials if states["COMPLETE"] else [])
+    best_trials = (
+        [study.best_trial]
+        if len(study.directions) == 1 and states["COMPLETE"]
+        else (study.best_trials if states["COMPLETE"] else [])
+    )
     best = []
     for t in best_trials:
         try:
@@ -295,7 +319,7 @@ def build_report(
     )
 
 
-def objective_labels(config: "StudyConfig", n: int) -> tuple[str, ...]:
+def objective_labels(config: StudyConfig, n: int) -> tuple[str, ...]:
     """Display names of a study's ``n`` objectives (the parts of its spec)."""
     parts = [p.strip() for p in config.objective.split(",")]
     return tuple(parts) if len(parts) == n else tuple(f"objective {j}" for j in range(n))
@@ -316,7 +340,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_history(study: "optuna.Study", path: Path, *, names: Sequence[str] = (), recommended: int | None = None) -> Path:
+def plot_history(study: optuna.Study, path: Path, *, names: Sequence[str] = (), recommended: int | None = None) -> Path:
     """Trial values by trial number, best so far, warm starts and the recommendation."""
     from optuna.trial import TrialState
 
@@ -330,9 +354,20 @@ def plot_history(study: "optuna.Study", path: Path, *, names: Sequence[str] = ()
         xs = [t.number for t in complete]
         ys = [t.values[j] for t in complete]
         ax.scatter(xs, ys, s=22, color="tab:blue", label="complete", zorder=3)
-        pruned = [(t.number, t.intermediate_values[max(t.intermediate_values)]) for t in trials if t.state == TrialState.PRUNED and t.intermediate_values and j == 0]
+        pruned = [
+            (t.number, t.intermediate_values[max(t.intermediate_values)])
+            for t in trials
+            if t.state == TrialState.PRUNED and t.intermediate_values and j == 0
+        ]
         if pruned:
-            ax.scatter(*zip(*pruned), s=22, facecolors="none", edgecolors="tab:orange", label="pruned (last running mean)", zorder=3)
+            ax.scatter(
+                *zip(*pruned),
+                s=22,
+                facecolors="none",
+                edgecolors="tab:orange",
+                label="pruned (last running mean)",
+                zorder=3,
+            )
         failed = [t.number for t in trials if t.state == TrialState.FAIL]
         for k, number in enumerate(failed):
             ax.axvline(number, color="tab:red", alpha=0.25, lw=1, label="failed" if k == 0 else None)
@@ -347,7 +382,16 @@ def plot_history(study: "optuna.Study", path: Path, *, names: Sequence[str] = ()
             if label:
                 ax.annotate(str(label), (t.number, t.values[j]), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if recommended is not None and recommended in xs:
-            ax.scatter([recommended], [ys[xs.index(recommended)]], marker="*", s=160, color="gold", edgecolors="black", label="recommended", zorder=4)
+            ax.scatter(
+                [recommended],
+                [ys[xs.index(recommended)]],
+                marker="*",
+                s=160,
+                color="gold",
+                edgecolors="black",
+                label="recommended",
+                zorder=4,
+            )
         name = names[j] if j < len(names) else f"objective {j}"
         ax.set_ylabel(f"trial value: {name}\n({'higher' if maximize else 'lower'} is better)", fontsize=8)
         ax.grid(alpha=0.3)
@@ -373,7 +417,7 @@ def plot_importances(importances: Mapping[str, float], path: Path, *, title: str
     return _save(fig, path)
 
 
-def plot_pareto(study: "optuna.Study", path: Path, *, names: Sequence[str] = ()) -> Path:
+def plot_pareto(study: optuna.Study, path: Path, *, names: Sequence[str] = ()) -> Path:
     """Complete trials on the first two objectives, the Pareto front highlighted."""
     from optuna.trial import TrialState
 
@@ -384,11 +428,27 @@ def plot_pareto(study: "optuna.Study", path: Path, *, names: Sequence[str] = ())
     others = [t for t in complete if t.number not in front]
     on_front = sorted((t for t in complete if t.number in front), key=lambda t: t.values[0])
     if others:
-        ax.scatter([t.values[0] for t in others], [t.values[1] for t in others], s=20, color="tab:gray", alpha=0.6, label="trials")
+        ax.scatter(
+            [t.values[0] for t in others],
+            [t.values[1] for t in others],
+            s=20,
+            color="tab:gray",
+            alpha=0.6,
+            label="trials",
+        )
     if on_front:
-        ax.plot([t.values[0] for t in on_front], [t.values[1] for t in on_front], "-o", color="tab:red", ms=5, label="Pareto front")
+        ax.plot(
+            [t.values[0] for t in on_front],
+            [t.values[1] for t in on_front],
+            "-o",
+            color="tab:red",
+            ms=5,
+            label="Pareto front",
+        )
         for t in on_front:
-            ax.annotate(str(t.number), (t.values[0], t.values[1]), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            ax.annotate(
+                str(t.number), (t.values[0], t.values[1]), textcoords="offset points", xytext=(3, 3), fontsize=7
+            )
     labels = [names[j] if j < len(names) else f"objective {j}" for j in range(2)]
     for j, setter in enumerate((ax.set_xlabel, ax.set_ylabel)):
         direction = "higher" if study.directions[j].name == "MAXIMIZE" else "lower"
@@ -399,12 +459,19 @@ def plot_pareto(study: "optuna.Study", path: Path, *, names: Sequence[str] = ())
     return _save(fig, path)
 
 
-def plot_comparison(comparisons: Sequence["Comparison"], path: Path) -> Path:
+def plot_comparison(comparisons: Sequence[Comparison], path: Path) -> Path:
     """Recommended minus each reference: mean difference and bootstrap interval."""
     fig = _figure(5.5, 0.6 * len(comparisons) + 1.4)
     ax = fig.subplots()
     for i, c in enumerate(comparisons):
-        ax.errorbar([c.mean_difference], [i], xerr=[[c.mean_difference - c.ci_low], [c.ci_high - c.mean_difference]], fmt="o", color="tab:green" if c.better else "tab:gray", capsize=4)
+        ax.errorbar(
+            [c.mean_difference],
+            [i],
+            xerr=[[c.mean_difference - c.ci_low], [c.ci_high - c.mean_difference]],
+            fmt="o",
+            color="tab:green" if c.better else "tab:gray",
+            capsize=4,
+        )
     ax.axvline(0, color="black", lw=1)
     ax.set_yticks(range(len(comparisons)), [f"vs {c.reference}" for c in comparisons])
     ax.set_ylim(-0.6, len(comparisons) - 0.4)
@@ -416,11 +483,11 @@ def plot_comparison(comparisons: Sequence["Comparison"], path: Path) -> Path:
 
 
 def save_plots(
-    study: "optuna.Study",
+    study: optuna.Study,
     out_dir: str | Path,
     *,
     importances: Mapping[str, float] | None = None,
-    recommendation: "Recommendation | None" = None,
+    recommendation: Recommendation | None = None,
     names: Sequence[str] = (),
 ) -> list[Path]:
     """Write every plot that the study's data allows into ``out_dir``; returns the files."""
@@ -428,7 +495,7 @@ def save_plots(
 
     out_dir = Path(out_dir)
     paths: list[Path] = []
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+    if not study.get_trials(deepcopy=False, states=finished_states()):
         return paths
     recommended = recommendation.best.trial_number if recommendation is not None else None
     paths.append(plot_history(study, out_dir / "history.png", names=names, recommended=recommended))
@@ -441,11 +508,17 @@ def save_plots(
     return paths
 
 
-def write_report(report: StudyReport, study: "optuna.Study", out_dir: str | Path) -> list[Path]:
+def write_report(report: StudyReport, study: optuna.Study, out_dir: str | Path) -> list[Path]:
     """``report.json``, ``report.md`` and the plots into ``out_dir``; returns the files."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = save_plots(study, out_dir, importances=report.importances, recommendation=report.recommendation, names=report.objective_names)
+    files = save_plots(
+        study,
+        out_dir,
+        importances=report.importances,
+        recommendation=report.recommendation,
+        names=report.objective_names,
+    )
     json_path = out_dir / "report.json"
     json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     md_path = out_dir / "report.md"

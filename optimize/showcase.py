@@ -10,7 +10,8 @@ to right shows feedback at work. ``fabric-opt report`` writes it as ``showcase.p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from fabric.errors import ConfigError
 from fabric.params import FabricParams
@@ -29,13 +30,13 @@ _GAP = 12  # pixels between the first and the last round, and between rows
 
 
 def feedback_showcase(
-    evaluator: "TrialEvaluator",
+    evaluator: TrialEvaluator,
     candidates: Mapping[str, FabricParams],
     *,
-    split: "Split" = "validation",
+    split: Split = "validation",
     prompts: Sequence[int] = (0,),
     baseline: bool = True,
-) -> "Image.Image":
+) -> Image.Image:
     """Render the first and final rounds of each candidate on ``prompts`` (see module docs).
 
     Args:
@@ -84,7 +85,7 @@ def feedback_showcase(
 
 
 def showcase_candidates(
-    recommendation: "Recommendation", space: "SearchSpace", references: Sequence[str] = ()
+    recommendation: Recommendation, space: SearchSpace, references: Sequence[str] = ()
 ) -> dict[str, FabricParams]:
     """The rows of a study's showcase: each reference preset (mapped into ``space``, as the
     held-out comparison does), then the recommendation."""
@@ -95,7 +96,7 @@ def showcase_candidates(
     return rows
 
 
-def _text_line(text: str, width: int) -> "Image.Image":
+def _text_line(text: str, width: int) -> Image.Image:
     from PIL import Image, ImageDraw, ImageFont
 
     try:
@@ -107,7 +108,7 @@ def _text_line(text: str, width: int) -> "Image.Image":
     return line
 
 
-def _stack(images: Sequence["Image.Image"]) -> "Image.Image":
+def _stack(images: Sequence[Image.Image]) -> Image.Image:
     from PIL import Image
 
     width = max(im.width for im in images)

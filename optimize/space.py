@@ -25,9 +25,10 @@ import dataclasses
 import logging
 import math
 import types
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from fabric.errors import ConfigError, FabricOptError
 from fabric.params import FabricParams
@@ -58,7 +59,7 @@ _INT_FIELDS = ("steps", "max_references")
 _KNOWN = tuple(sorted((*_FIELDS, *DERIVED_PARAMS)))
 
 
-def _check_range(param: "FloatParam | IntParam", cast: type) -> None:
+def _check_range(param: FloatParam | IntParam, cast: type) -> None:
     """Validate and normalise ``low``/``high`` of a numeric parameter in place."""
     bounds = []
     for key in ("low", "high"):
@@ -70,7 +71,9 @@ def _check_range(param: "FloatParam | IntParam", cast: type) -> None:
         bounds.append(cast(value))
     low, high = bounds
     if not low < high:
-        raise ConfigError(f"parameter '{param.name}': low ({low}) must be below high ({high}); use `fixed` for a constant")
+        raise ConfigError(
+            f"parameter '{param.name}': low ({low}) must be below high ({high}); use `fixed` for a constant"
+        )
     if param.log and low <= 0:
         raise ConfigError(f"parameter '{param.name}': a log scale needs low > 0, got {low}")
     object.__setattr__(param, "low", low)
@@ -93,12 +96,12 @@ class FloatParam:
     def extremes(self) -> tuple[float, float]:
         return (self.low, self.high)
 
-    def distribution(self) -> "BaseDistribution":
+    def distribution(self) -> BaseDistribution:
         from optuna.distributions import FloatDistribution
 
         return FloatDistribution(self.low, self.high, log=self.log)
 
-    def suggest(self, trial: "optuna.Trial") -> float:
+    def suggest(self, trial: optuna.Trial) -> float:
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
 
     def to_dict(self) -> dict[str, Any]:
@@ -121,12 +124,12 @@ class IntParam:
     def extremes(self) -> tuple[int, int]:
         return (self.low, self.high)
 
-    def distribution(self) -> "BaseDistribution":
+    def distribution(self) -> BaseDistribution:
         from optuna.distributions import IntDistribution
 
         return IntDistribution(self.low, self.high, log=self.log)
 
-    def suggest(self, trial: "optuna.Trial") -> int:
+    def suggest(self, trial: optuna.Trial) -> int:
         return trial.suggest_int(self.name, self.low, self.high, log=self.log)
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,21 +153,19 @@ class CategoricalParam:
             raise ConfigError(f"parameter '{self.name}': choices must be distinct, got {list(choices)}")
         for choice in choices:
             if choice is not None and not isinstance(choice, (bool, int, float, str)):
-                raise ConfigError(
-                    f"parameter '{self.name}': choices must be numbers, strings or null, got {choice!r}"
-                )
+                raise ConfigError(f"parameter '{self.name}': choices must be numbers, strings or null, got {choice!r}")
         object.__setattr__(self, "choices", choices)
 
     @property
     def extremes(self) -> tuple[Any, ...]:
         return self.choices
 
-    def distribution(self) -> "BaseDistribution":
+    def distribution(self) -> BaseDistribution:
         from optuna.distributions import CategoricalDistribution
 
         return CategoricalDistribution(self.choices)
 
-    def suggest(self, trial: "optuna.Trial") -> Any:
+    def suggest(self, trial: optuna.Trial) -> Any:
         return trial.suggest_categorical(self.name, self.choices)
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,7 +226,7 @@ class SearchSpace:
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
-    def default(cls, *, guidance_scale: bool = False, base: FabricParams | None = None) -> "SearchSpace":
+    def default(cls, *, guidance_scale: bool = False, base: FabricParams | None = None) -> SearchSpace:
         """FABRIC's action space (DESIGN section 3), reparameterised so every point is feasible.
 
         Args:
@@ -249,7 +250,7 @@ class SearchSpace:
         return cls(tuple(params), base=base or FabricParams.paper())
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SearchSpace":
+    def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         """Build a space from plain data (the YAML layout)::
 
             extends: default          # optional: start from SearchSpace.default()
@@ -279,7 +280,11 @@ class SearchSpace:
         parameters = data.get("parameters") or {}
         fixed = data.get("fixed") or {}
         exclude = data.get("exclude") or []
-        for key, value, kind in (("parameters", parameters, Mapping), ("fixed", fixed, Mapping), ("exclude", exclude, list)):
+        for key, value, kind in (
+            ("parameters", parameters, Mapping),
+            ("fixed", fixed, Mapping),
+            ("exclude", exclude, list),
+        ):
             if not isinstance(value, kind):
                 raise ConfigError(f"search space '{key}' must be a {'list' if kind is list else 'mapping'}")
         merged: dict[str, Param] = {}
@@ -301,7 +306,7 @@ class SearchSpace:
         return cls(tuple(p for n, p in merged.items() if n not in exclude), fixed=dict(fixed), base=base)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SearchSpace":
+    def from_yaml(cls, path: str | Path) -> SearchSpace:
         """Read a space from a YAML file in the layout of :meth:`from_dict`."""
         import yaml
 
@@ -334,20 +339,20 @@ class SearchSpace:
     def __len__(self) -> int:
         return len(self.params)
 
-    def distributions(self) -> dict[str, "BaseDistribution"]:
+    def distributions(self) -> dict[str, BaseDistribution]:
         """The searched parameters as Optuna distributions (``name -> distribution``)."""
         return {p.name: p.distribution() for p in self.params}
 
-    def suggest(self, trial: "optuna.Trial") -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
         """Ask an Optuna trial for a value of every searched parameter."""
         return {p.name: p.suggest(trial) for p in self.params}
 
     @property
-    def encoding(self) -> "CubeEncoding":
+    def encoding(self) -> CubeEncoding:
         """The :class:`CubeEncoding` of the searched parameters."""
         return CubeEncoding(self.distributions())
 
-    def to_unit(self, values: Mapping[str, Any] | Sequence[Mapping[str, Any]], **tensor_kwargs: Any) -> "torch.Tensor":
+    def to_unit(self, values: Mapping[str, Any] | Sequence[Mapping[str, Any]], **tensor_kwargs: Any) -> torch.Tensor:
         """Points of the space as unit-cube rows (one value mapping or a list of them).
 
         Returns:
@@ -360,7 +365,7 @@ class SearchSpace:
         encoding = self.encoding
         return encoding.to_unit(encoding.encode(rows, **tensor_kwargs))
 
-    def from_unit(self, unit: "torch.Tensor") -> list[dict[str, Any]]:
+    def from_unit(self, unit: torch.Tensor) -> list[dict[str, Any]]:
         """Unit-cube rows (``n x d`` or ``d``) back to value mappings; ints stay ints."""
         encoding = self.encoding
         return encoding.decode(encoding.from_unit(unit))
@@ -550,7 +555,7 @@ class CubeEncoding:
             (they carry nothing to model).
     """
 
-    def __init__(self, distributions: Mapping[str, "BaseDistribution"]) -> None:
+    def __init__(self, distributions: Mapping[str, BaseDistribution]) -> None:
         from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         self.names: tuple[str, ...] = tuple(distributions)
@@ -580,7 +585,7 @@ class CubeEncoding:
     def dim(self) -> int:
         return len(self.names)
 
-    def bounds(self, **tensor_kwargs: Any) -> "torch.Tensor":
+    def bounds(self, **tensor_kwargs: Any) -> torch.Tensor:
         """Model-space bounds, a ``2 x d``-dim Tensor (row 0 lower, row 1 upper)."""
         import torch
 
@@ -588,13 +593,12 @@ class CubeEncoding:
         return torch.tensor([self._lows, self._highs], **tensor_kwargs)
 
     @staticmethod
-    def _to_model(dist: "BaseDistribution", value: float) -> float:
+    def _to_model(dist: BaseDistribution, value: float) -> float:
         return math.log(value) if getattr(dist, "log", False) else float(value)
 
-    def encode(self, rows: Sequence[Mapping[str, Any]], **tensor_kwargs: Any) -> "torch.Tensor":
+    def encode(self, rows: Sequence[Mapping[str, Any]], **tensor_kwargs: Any) -> torch.Tensor:
         """Parameter mappings -> an ``n x d``-dim model-space Tensor (float64 by default)."""
         import torch
-
         from optuna.distributions import CategoricalDistribution
 
         data = []
@@ -610,14 +614,13 @@ class CubeEncoding:
         tensor_kwargs.setdefault("dtype", torch.float64)
         return torch.tensor(data, **tensor_kwargs).reshape(len(data), self.dim)
 
-    def decode(self, X: "torch.Tensor") -> list[dict[str, Any]]:
+    def decode(self, X: torch.Tensor) -> list[dict[str, Any]]:
         """An ``n x d`` (or ``d``) model-space Tensor -> parameter mappings.
 
         Values are clipped to their bounds and discrete columns snapped to the nearest allowed
         value, so any real row decodes to a valid point; ints come back as ``int``.
         """
         import torch
-
         from optuna.distributions import CategoricalDistribution, IntDistribution
 
         rows = X.detach().to("cpu", torch.float64).reshape(-1, self.dim).tolist()
@@ -641,12 +644,12 @@ class CubeEncoding:
             out.append(values)
         return out
 
-    def to_unit(self, X: "torch.Tensor") -> "torch.Tensor":
+    def to_unit(self, X: torch.Tensor) -> torch.Tensor:
         """Model space -> ``[0, 1]^d`` (same shape)."""
         bounds = self.bounds(dtype=X.dtype, device=X.device)
         return (X - bounds[0]) / (bounds[1] - bounds[0])
 
-    def from_unit(self, U: "torch.Tensor") -> "torch.Tensor":
+    def from_unit(self, U: torch.Tensor) -> torch.Tensor:
         """``[0, 1]^d`` -> model space (same shape)."""
         bounds = self.bounds(dtype=U.dtype, device=U.device)
         return bounds[0] + U * (bounds[1] - bounds[0])

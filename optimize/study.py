@@ -25,16 +25,19 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from fabric.errors import ConfigError, FabricOptError
+from optimize.workers import finished_states
 
 if TYPE_CHECKING:
     import optuna
     import torch
 
+    from fabric.params import FabricParams
     from objectives.base import Objective
     from optimize.config import StudyConfig
     from optimize.protocol import TrialEvaluator
@@ -46,7 +49,6 @@ __all__ = [
     "JOURNAL_NAME",
     "CONFIG_ATTR",
     "FINGERPRINT_ATTR",
-    "FINISHED_STATES",
     "StorageSpec",
     "Components",
     "StudyProgress",
@@ -71,16 +73,10 @@ JOURNAL_NAME = "optuna.journal"
 CONFIG_ATTR = "fabric_opt_config"
 FINGERPRINT_ATTR = "fabric_opt_fingerprint"
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
-_DRIVER_HINTS = {"postgresql": "pip install 'fabric-opt[postgres]' (psycopg2-binary)", "mysql": "pip install pymysql and use mysql+pymysql://"}
-
-
-def _finished_states() -> tuple:
-    from optuna.trial import TrialState
-
-    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-
-
-FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+_DRIVER_HINTS = {
+    "postgresql": "pip install 'fabric-opt[postgres]' (psycopg2-binary)",
+    "mysql": "pip install pymysql and use mysql+pymysql://",
+}
 
 
 # ---- storage ------------------------------------------------------------------------------
@@ -101,7 +97,7 @@ class StorageSpec:
     path: Path | None = None
 
     @classmethod
-    def parse(cls, storage: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> "StorageSpec":
+    def parse(cls, storage: str | Path | None, runs_dir: str | Path = DEFAULT_RUNS_DIR) -> StorageSpec:
         """Validate a storage location's form (see module docs); ``None`` is the default journal.
 
         Raises:
@@ -113,14 +109,19 @@ class StorageSpec:
         text = str(storage).strip()
         if "://" not in text:
             if text.endswith((".db", ".sqlite", ".sqlite3")):
-                raise ConfigError(f"storage {text!r} looks like a SQLite file: write sqlite:///{text} (or use a .journal file)")
+                raise ConfigError(
+                    f"storage {text!r} looks like a SQLite file: write sqlite:///{text} (or use a .journal file)"
+                )
             path = Path(text).expanduser().resolve()
             if path.is_dir():
                 raise ConfigError(f"storage {text!r} is a folder; give a journal file such as {path / JOURNAL_NAME}")
             return cls(str(path), "journal", path)
         scheme = text.split("://", 1)[0].lower()
         if scheme.split("+", 1)[0] not in _RDB_SCHEMES:
-            raise ConfigError(f"unsupported storage URL scheme {scheme!r}; use a journal file path, sqlite:///..., postgresql://... or mysql://...")
+            raise ConfigError(
+                f"unsupported storage URL scheme {scheme!r}; use a journal file path, sqlite:///..., "
+                "postgresql://... or mysql://..."
+            )
         try:
             from sqlalchemy.engine import make_url
             from sqlalchemy.exc import ArgumentError, NoSuchModuleError
@@ -139,7 +140,9 @@ class StorageSpec:
         path = None
         if url.get_backend_name() == "sqlite":
             if not url.database or url.database == ":memory:":
-                raise ConfigError(f"storage {text!r}: an in-memory SQLite database cannot hold a study between runs; give a file")
+                raise ConfigError(
+                    f"storage {text!r}: an in-memory SQLite database cannot hold a study between runs; give a file"
+                )
             path = Path(url.database).expanduser().resolve()
             text = f"{scheme}:///{path}"
         return cls(text, "rdb", path)
@@ -148,7 +151,7 @@ class StorageSpec:
         """Whether the storage may hold studies already (files must exist; servers are assumed to)."""
         return self.path.is_file() if self.path is not None else True
 
-    def open(self) -> "optuna.storages.BaseStorage":
+    def open(self) -> optuna.storages.BaseStorage:
         """Open (creating the file or tables when missing) the storage.
 
         Raises:
@@ -167,7 +170,9 @@ class StorageSpec:
         try:
             from optimize.workers import requeue_stale_trial  # reliability: re-run trials of dead workers
 
-            return optuna.storages.RDBStorage(self.url, heartbeat_interval=60, grace_period=180, heartbeat_stale_trial_callback=requeue_stale_trial)
+            return optuna.storages.RDBStorage(
+                self.url, heartbeat_interval=60, grace_period=180, heartbeat_stale_trial_callback=requeue_stale_trial
+            )
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises many types for "unreachable"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"cannot open storage {self}: {first}") from None
@@ -176,12 +181,12 @@ class StorageSpec:
         return self.url
 
 
-def finished_trials(study: "optuna.Study") -> list["optuna.trial.FrozenTrial"]:
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Trials that count against the budget: complete, pruned or failed."""
-    return study.get_trials(deepcopy=False, states=_finished_states())
+    return study.get_trials(deepcopy=False, states=finished_states())
 
 
-def open_study(name: str, storage: StorageSpec) -> tuple["optuna.Study", "StudyConfig"]:
+def open_study(name: str, storage: StorageSpec) -> tuple[optuna.Study, StudyConfig]:
     """Load an existing study and the config stored with it (``report``, ``export``, workers).
 
     Raises:
@@ -193,7 +198,9 @@ def open_study(name: str, storage: StorageSpec) -> tuple["optuna.Study", "StudyC
     from optimize.config import StudyConfig
 
     if not storage.exists():
-        raise ConfigError(f"no study storage at {storage}; run `fabric-opt study` first or pass --storage")
+        raise ConfigError(
+            f"no study storage at {storage}; create the study first or give the storage it is in", option="storage"
+        )
     opened = storage.open()
     names = optuna.get_all_study_names(opened)
     if name not in names:
@@ -210,7 +217,7 @@ def open_study(name: str, storage: StorageSpec) -> tuple["optuna.Study", "StudyC
     return study, config
 
 
-def check_resumable(config: "StudyConfig", name: str, storage: StorageSpec) -> bool:
+def check_resumable(config: StudyConfig, name: str, storage: StorageSpec) -> bool:
     """Whether ``name`` already exists in ``storage`` (then it will be resumed).
 
     Reads only; a missing journal file is not created.
@@ -228,7 +235,11 @@ def check_resumable(config: "StudyConfig", name: str, storage: StorageSpec) -> b
     study = optuna.load_study(study_name=name, storage=opened)
     stored = study.user_attrs.get(FINGERPRINT_ATTR)
     if stored is None:
-        raise ConfigError(f"study {name!r} in {storage} was not created by fabric-opt; pass --name to start a new study")
+        raise ConfigError(
+            f"study {name!r} in {storage} was not created by fabric-opt; give another study name to start a new study",
+            option="name",
+            example="NEW",
+        )
     if stored != config.fingerprint():
         from optimize.config import StudyConfig
 
@@ -240,8 +251,10 @@ def check_resumable(config: "StudyConfig", name: str, storage: StorageSpec) -> b
             except FabricOptError:
                 pass
         raise ConfigError(
-            f"study {name!r} in {storage} was created with different {differs}; pass --name NEW to start another "
-            "study, or the same settings to resume it"
+            f"study {name!r} in {storage} was created with different {differs}; give another study name to start "
+            "another study, or the same settings to resume it",
+            option="name",
+            example="NEW",
         )
     return True
 
@@ -249,7 +262,7 @@ def check_resumable(config: "StudyConfig", name: str, storage: StorageSpec) -> b
 # ---- components -----------------------------------------------------------------------------
 
 
-def check_objectives(config: "StudyConfig") -> None:
+def check_objectives(config: StudyConfig) -> None:
     """Fail now (one line) if any objective's weights are missing; loads no model."""
     from objectives import check_available
 
@@ -273,16 +286,16 @@ class Components:
     """
 
     generator: Any
-    objective: "Objective"
-    feedback_objective: "Objective | None" = None
-    metrics: "dict[str, Objective]" = field(default_factory=dict)
+    objective: Objective
+    feedback_objective: Objective | None = None
+    metrics: dict[str, Objective] = field(default_factory=dict)
     cache_key: str = ""
 
 
 def load_components(
-    config: "StudyConfig",
-    device: "str | torch.device" = "cpu",
-    dtype: "torch.dtype | None" = None,
+    config: StudyConfig,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
     *,
     generator: Any = None,
     cache_bytes: int | None = None,
@@ -308,14 +321,19 @@ def load_components(
         n_prompts = len(config.protocol.prompts) + len(config.protocol.validation_prompts)
         kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
         generator = FabricGenerator.from_pretrained(
-            config.model, device=device, dtype=dtype or torch.float32, scheduler=config.scheduler, plain_cache_size=max(4, n_prompts), **kwargs
+            config.model,
+            device=device,
+            dtype=dtype or torch.float32,
+            scheduler=config.scheduler,
+            plain_cache_size=max(4, n_prompts),
+            **kwargs,
         )
     table = config.weights_table
     options = {k: dict(v) for k, v in config.objective_options.items()}
     objective = parse_objective(config.objective, table, device=device, options=options)
     loaded: dict[str, Objective] = {o.name: o for o in objective.objectives}
 
-    def get(spec: str) -> "Objective":
+    def get(spec: str) -> Objective:
         key = spec.strip()
         if key not in loaded:
             loaded[key] = parse_objective(key, table, device=device, options=options)
@@ -326,7 +344,8 @@ def load_components(
         user = feedback if feedback is not None else objective.objectives[0]
         if not user.takes_target:
             raise ConfigError(
-                f"the target-image protocol needs a feedback objective that compares with a target image (e.g. 'target'); "
+                "the target-image protocol needs a feedback objective that compares with a target image (e.g. "
+                "'target'); "
                 f"'{user.name}' does not"
             )
     metrics = {spec: get(spec) for spec in config.metrics}
@@ -335,7 +354,9 @@ def load_components(
     return Components(generator, objective, feedback, metrics, cache_key)
 
 
-def make_evaluator(config: "StudyConfig", components: Components, baseline_cache: str | Path | None = None) -> "TrialEvaluator":
+def make_evaluator(
+    config: StudyConfig, components: Components, baseline_cache: str | Path | None = None
+) -> TrialEvaluator:
     """The study's :class:`~optimize.protocol.TrialEvaluator`."""
     from optimize.protocol import TrialEvaluator
 
@@ -351,7 +372,7 @@ def make_evaluator(config: "StudyConfig", components: Components, baseline_cache
     )
 
 
-def build_sampler(config: "StudyConfig") -> "optuna.samplers.BaseSampler":
+def build_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
     """The configured sampler, seeded by the study seed (raises ConfigError on bad options)."""
     from optimize.samplers import make_sampler
 
@@ -361,11 +382,15 @@ def build_sampler(config: "StudyConfig") -> "optuna.samplers.BaseSampler":
     return make_sampler(config.sampler, seed=config.seed, **options)
 
 
-def make_pruner(config: "StudyConfig") -> "optuna.pruners.BasePruner":
+def make_pruner(config: StudyConfig) -> optuna.pruners.BasePruner:
     """The configured Optuna pruner (raises ConfigError on bad options)."""
     import optuna
 
-    classes = {"none": optuna.pruners.NopPruner, "median": optuna.pruners.MedianPruner, "wilcoxon": optuna.pruners.WilcoxonPruner}
+    classes = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "wilcoxon": optuna.pruners.WilcoxonPruner,
+    }
     try:
         return classes[config.pruner](**dict(config.pruner_options))
     except (TypeError, ValueError) as exc:
@@ -393,7 +418,7 @@ class StudyProgress:
     def round_done(self, number: int, prompt_index: int, round_index: int) -> None:
         """A round of trial ``number`` was generated and scored."""
 
-    def trial_end(self, trial: "optuna.trial.FrozenTrial") -> None:
+    def trial_end(self, trial: optuna.trial.FrozenTrial) -> None:
         """Trial ended (any state)."""
 
     def finishing(self) -> None:
@@ -423,12 +448,12 @@ class StudyOutcome:
         run_dir: the study's folder under the runs dir.
     """
 
-    study: "optuna.Study"
-    config: "StudyConfig"
+    study: optuna.Study
+    config: StudyConfig
     storage: StorageSpec
     resumed: bool
     new_trials: tuple[int, ...]
-    recommendation: "Recommendation | None"
+    recommendation: Recommendation | None
     presets: tuple[Path, ...]
     plots: tuple[Path, ...]
     tracking_uri: str | None
@@ -442,14 +467,14 @@ class StudyOutcome:
 
 
 def run_study(
-    config: "StudyConfig",
+    config: StudyConfig,
     *,
     name: str | None = None,
     storage: StorageSpec | str | None = None,
-    tracker: "Tracker | None" = None,
+    tracker: Tracker | None = None,
     runs_dir: str | Path = DEFAULT_RUNS_DIR,
-    device: "str | torch.device" = "cpu",
-    dtype: "torch.dtype | None" = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
     cache_bytes: int | None = None,
     components: Components | None = None,
     progress: StudyProgress | None = None,
@@ -541,12 +566,17 @@ def run_study(
         to_run = max(0, config.trials - finished)
         progress.begin(name, config.trials, finished, to_run)
         if to_run == 0:
-            logger.info("study %s already has %d finished trials (budget %d); raise --trials to run more", name, finished, config.trials)
+            logger.info(
+                "study %s already has %d finished trials (budget %d); raise --trials to run more",
+                name,
+                finished,
+                config.trials,
+            )
 
         guard = BudgetGuard(study, config.trials, to_run)  # reliability: exact budget with several workers
         objective = guard.wrap(_trial_function(evaluator, config, tracker, progress, current))
 
-        def after_trial(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
             current.pop("trial", None)
             new_trials.append(trial.number)
             tracker.end_trial(study, trial)
@@ -556,7 +586,7 @@ def run_study(
             study.optimize(
                 objective,
                 n_trials=to_run,
-                callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=_finished_states()), after_trial, guard],
+                callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=finished_states()), after_trial, guard],
                 catch=CATCH,
                 gc_after_trial=False,
             )
@@ -574,12 +604,16 @@ def run_study(
 
     cache = getattr(components.generator, "plain_cache", None)
     if cache is not None and cache.hits + cache.misses:
-        logger.info("calls without feedback (first rounds, baseline): %d reused, %d generated", cache.hits, cache.misses)
+        logger.info(
+            "calls without feedback (first rounds, baseline): %d reused, %d generated", cache.hits, cache.misses
+        )
     tokens = getattr(components.generator, "state_cache", None)
     if tokens is not None and tokens.hits + tokens.misses:
         logger.info(
             "reference tokens (one reference at one step): %d reused, %d recorded, %d not kept (--token-cache-gb)",
-            tokens.hits, tokens.misses, tokens.rejected,
+            tokens.hits,
+            tokens.misses,
+            tokens.rejected,
         )
 
     # 5. Recommendation, presets, plots
@@ -606,27 +640,24 @@ def run_study(
     )
 
 
-def _trial_function(evaluator: "TrialEvaluator", config: "StudyConfig", tracker: "Tracker", progress: StudyProgress, current: dict[str, int]) -> Callable[["optuna.Trial"], Any]:
-    """The Optuna objective: suggest, evaluate (logging every round), record the result."""
-    space = config.space
+def _trial_function(
+    evaluator: TrialEvaluator, config: StudyConfig, tracker: Tracker, progress: StudyProgress, current: dict[str, int]
+) -> Callable[[optuna.Trial], Any]:
+    """The Optuna objective: :meth:`TrialEvaluator.run_trial` with tracking and progress hooks."""
     prompts = config.protocol.prompts
     total_rounds = len(prompts) * config.protocol.rounds
 
-    def objective(trial: "optuna.Trial") -> float | Sequence[float]:
-        current["trial"] = trial.number
-        values = space.suggest(trial)
-        params = space.to_params(values)
+    def start(trial: optuna.Trial, values: dict[str, Any], params: FabricParams) -> None:
         tracker.start_trial(trial, values, params.to_dict())
         progress.trial_start(trial.number, total_rounds)
 
-        def on_round(p: int, r: int, images: list, scores: Mapping[str, list[float]]) -> None:
-            tracker.log_round(trial.number, p, r, images, scores, prompt=prompts[p])
-            progress.round_done(trial.number, p, r)
+    def on_round(p: int, r: int, images: list, scores: Mapping[str, list[float]]) -> None:
+        tracker.log_round(current["trial"], p, r, images, scores, prompt=prompts[p])
+        progress.round_done(current["trial"], p, r)
 
-        result = evaluator.evaluate(params, trial=trial, on_round=on_round)
-        for key, value in result.user_attrs().items():
-            trial.set_user_attr(key, value)
-        return result.values if evaluator.multi_objective else result.value
+    def objective(trial: optuna.Trial) -> float | Sequence[float]:
+        current["trial"] = trial.number
+        return evaluator.run_trial(trial, on_start=start, on_round=on_round)
 
     return objective
 
@@ -634,7 +665,16 @@ def _trial_function(evaluator: "TrialEvaluator", config: "StudyConfig", tracker:
 # ---- the end of a run -----------------------------------------------------------------------
 
 
-def export_context(config: "StudyConfig", *, trial: int | None = None, estimate: float | None = None, prompt: str | None = None, liked: Sequence[str] = (), disliked: Sequence[str] = (), study_name: str | None = None) -> "Any":
+def export_context(
+    config: StudyConfig,
+    *,
+    trial: int | None = None,
+    estimate: float | None = None,
+    prompt: str | None = None,
+    liked: Sequence[str] = (),
+    disliked: Sequence[str] = (),
+    study_name: str | None = None,
+) -> Any:
     """The :class:`~optimize.export.ExportContext` of a study's preset (prompt: the first train prompt)."""
     from optimize.export import ExportContext
 
@@ -659,7 +699,9 @@ def export_context(config: "StudyConfig", *, trial: int | None = None, estimate:
     )
 
 
-def finish_study(study: "optuna.Study", config: "StudyConfig", tracker: "Tracker", run_dir: str | Path) -> tuple["Recommendation | None", list[Path], list[Path]]:
+def finish_study(
+    study: optuna.Study, config: StudyConfig, tracker: Tracker, run_dir: str | Path
+) -> tuple[Recommendation | None, list[Path], list[Path]]:
     """Recommend, export the recommendation in every format, plot, and attach it all to the
     parent run. Returns ``(recommendation, preset files, plot files)``."""
     from optimize.export import DEFAULT_EXTENSIONS, available_formats, export_params
@@ -678,7 +720,9 @@ def finish_study(study: "optuna.Study", config: "StudyConfig", tracker: "Tracker
         context = export_context(config, trial=best.trial_number, estimate=best.estimate, study_name=study.study_name)
         for fmt in sorted(available_formats(), key=lambda f: f != "json"):  # the fabric-opt preset first
             exported = export_params(best.params, fmt, context)
-            presets += exported.write(run_dir / "presets" / f"{study.study_name}{DEFAULT_EXTENSIONS.get(fmt, '.' + fmt)}")
+            presets += exported.write(
+                run_dir / "presets" / f"{study.study_name}{DEFAULT_EXTENSIONS.get(fmt, '.' + fmt)}"
+            )
         tracker.set_parent_tags({"recommended_trial": best.trial_number, "recommendation": recommendation.method})
     importances = param_importances(study, seed=config.seed)
     names = objective_labels(config, len(study.directions))

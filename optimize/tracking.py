@@ -30,8 +30,9 @@ import math
 import re
 import time
 import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fabric.errors import ConfigError
 
@@ -94,7 +95,9 @@ def check_tracking_uri(uri: str | None) -> str | None:
     base = scheme.split("+", 1)[0]
     if base == "sqlite":
         if not uri.startswith("sqlite:///"):
-            raise ConfigError(f"tracking URI {uri!r}: write SQLite as sqlite:///relative.db or sqlite:////absolute/path.db")
+            raise ConfigError(
+                f"tracking URI {uri!r}: write SQLite as sqlite:///relative.db or sqlite:////absolute/path.db"
+            )
         path = uri[len("sqlite:///") :]
         if not path or path == ":memory:":
             raise ConfigError(f"tracking URI {uri!r}: needs a database file, e.g. sqlite:///mlflow.db")
@@ -121,7 +124,10 @@ def check_tracking_uri(uri: str | None) -> str | None:
             f"tracking URI {uri!r}: file stores (./mlruns) are disabled in MLflow 3; use sqlite:///mlflow.db "
             "or an http:// tracking server"
         )
-    raise ConfigError(f"unsupported tracking URI scheme {scheme!r} in {uri!r}; use sqlite:///..., http(s)://..., a database URL or 'none'")
+    raise ConfigError(
+        f"unsupported tracking URI scheme {scheme!r} in {uri!r}; use sqlite:///..., http(s)://..., a database URL "
+        "or 'none'"
+    )
 
 
 def ui_command(uri: str) -> str:
@@ -140,8 +146,8 @@ def _metric_key(name: str) -> str:
 
 
 def reward_grid(
-    images: Sequence["Image.Image"], scores: Mapping[str, Sequence[float]], *, title: str | None = None
-) -> "Image.Image":
+    images: Sequence[Image.Image], scores: Mapping[str, Sequence[float]], *, title: str | None = None
+) -> Image.Image:
     """The images of one round side by side, each labelled with its reward(s).
 
     Args:
@@ -209,19 +215,27 @@ class Tracker:
     parent_run_id: str | None = None
     experiment_id: str | None = None
 
-    def start_study(self, study: "optuna.Study", config: "StudyConfig") -> None:
+    def start_study(self, study: optuna.Study, config: StudyConfig) -> None:
         """Open (or reopen) the study's experiment and parent run."""
 
     def log_baseline(self, objective_names: Sequence[str], baseline: Sequence[Sequence[Sequence[float]]]) -> None:
         """The no-feedback baseline, ``[prompt][round][objective]``, as per-round means."""
 
-    def start_trial(self, trial: "optuna.Trial", search_values: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    def start_trial(self, trial: optuna.Trial, search_values: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         """Open the trial's child run with its parameters."""
 
-    def log_round(self, trial_number: int, prompt_index: int, round_index: int, images: Sequence["Image.Image"], scores: Mapping[str, Sequence[float]], prompt: str = "") -> None:
+    def log_round(
+        self,
+        trial_number: int,
+        prompt_index: int,
+        round_index: int,
+        images: Sequence[Image.Image],
+        scores: Mapping[str, Sequence[float]],
+        prompt: str = "",
+    ) -> None:
         """One round's labelled image grid."""
 
-    def end_trial(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """The finished trial's metrics and state; the parent's best-so-far."""
 
     def fail_trial(self, trial_number: int, state: str = "FAIL") -> None:
@@ -249,7 +263,7 @@ def _guarded(method: Callable[..., _T]) -> Callable[..., _T | None]:
     """Run a tracking call; on the first failure warn once and switch tracking off."""
 
     @functools.wraps(method)
-    def wrapper(self: "MlflowTracker", *args: Any, **kwargs: Any) -> _T | None:
+    def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> _T | None:
         if not self.enabled:
             return None
         try:
@@ -325,7 +339,7 @@ class MlflowTracker(Tracker):
 
     # ---- study ---------------------------------------------------------------------------
     @_guarded
-    def start_study(self, study: "optuna.Study", config: "StudyConfig") -> None:
+    def start_study(self, study: optuna.Study, config: StudyConfig) -> None:
         from mlflow.exceptions import MlflowException
 
         self._check_server()
@@ -348,21 +362,34 @@ class MlflowTracker(Tracker):
                 pass
             logger.warning("the study's MLflow parent run %s is gone from %s; starting a new one", run_id, self.uri)
         elif run_id:
-            logger.warning("study %s was tracked at %s; logging to %s under a new parent run", study.study_name, previous_uri, self.uri)
+            logger.warning(
+                "study %s was tracked at %s; logging to %s under a new parent run",
+                study.study_name,
+                previous_uri,
+                self.uri,
+            )
         run = self.client.create_run(
             self.experiment_id,
             run_name=study.study_name,
-            tags={"study": study.study_name, "sampler": config.sampler, "objective": config.objective, "model": config.model, "kind": "study"},
+            tags={
+                "study": study.study_name,
+                "sampler": config.sampler,
+                "objective": config.objective,
+                "model": config.model,
+                "kind": "study",
+            },
         )
         self.parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, _study_params(config))
         study.set_user_attr(PARENT_RUN_ATTR, self.parent_run_id)
         study.set_user_attr(TRACKING_URI_ATTR, self.uri)
 
-    def _experiment(self, name: str, config: "StudyConfig") -> str:
+    def _experiment(self, name: str, config: StudyConfig) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
-            return self.client.create_experiment(name, tags={"fabric_opt.study": name, "mlflow.note.content": config.description})
+            return self.client.create_experiment(
+                name, tags={"fabric_opt.study": name, "mlflow.note.content": config.description}
+            )
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
@@ -379,7 +406,7 @@ class MlflowTracker(Tracker):
         now = _now()
         n_rounds = len(baseline[0])
         metrics = []
-        for j, name in enumerate(objective_names):
+        for j in range(len(objective_names)):
             for r in range(n_rounds):
                 value = sum(p[r][j] for p in baseline) / len(baseline)
                 metrics.append(Metric(keys[j], float(value), now, r))
@@ -387,7 +414,7 @@ class MlflowTracker(Tracker):
 
     # ---- trials --------------------------------------------------------------------------
     @_guarded
-    def start_trial(self, trial: "optuna.Trial", search_values: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+    def start_trial(self, trial: optuna.Trial, search_values: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
             "study": self._study_name,
@@ -406,7 +433,15 @@ class MlflowTracker(Tracker):
         self._log_params(run_id, merged)
 
     @_guarded
-    def log_round(self, trial_number: int, prompt_index: int, round_index: int, images: Sequence["Image.Image"], scores: Mapping[str, Sequence[float]], prompt: str = "") -> None:
+    def log_round(
+        self,
+        trial_number: int,
+        prompt_index: int,
+        round_index: int,
+        images: Sequence[Image.Image],
+        scores: Mapping[str, Sequence[float]],
+        prompt: str = "",
+    ) -> None:
         run_id = self._trial_runs.get(trial_number)
         if run_id is None:
             return
@@ -415,7 +450,7 @@ class MlflowTracker(Tracker):
         self.client.log_image(run_id, grid, key=f"prompt_{prompt_index:02d}", step=round_index, synchronous=True)
 
     @_guarded
-    def end_trial(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from mlflow.entities import Metric, RunTag
         from optuna.trial import TrialState
 
@@ -445,14 +480,18 @@ class MlflowTracker(Tracker):
                     if isinstance(seq, (list, tuple)) and j < len(seq) and _finite(seq[j]):
                         metrics.append(Metric(f"{label}/{key}", float(seq[j]), now, 0))
         if trial.datetime_start and trial.datetime_complete:
-            metrics.append(Metric("duration_s", (trial.datetime_complete - trial.datetime_start).total_seconds(), now, 0))
+            metrics.append(
+                Metric("duration_s", (trial.datetime_complete - trial.datetime_start).total_seconds(), now, 0)
+            )
         if run_id is not None:
             self.client.log_batch(run_id, metrics=metrics, tags=[RunTag("state", trial.state.name)], synchronous=True)
-            status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}.get(trial.state, "KILLED")
+            status = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "FINISHED", TrialState.FAIL: "FAILED"}.get(
+                trial.state, "KILLED"
+            )
             self.client.set_terminated(run_id, status=status)
         self._log_progress(study, trial)
 
-    def _log_progress(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def _log_progress(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         from mlflow.entities import Metric
         from optuna.trial import TrialState
 
@@ -495,7 +534,9 @@ class MlflowTracker(Tracker):
         from mlflow.entities import RunTag
 
         if self.parent_run_id is not None:
-            self.client.log_batch(self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True)
+            self.client.log_batch(
+                self.parent_run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True
+            )
 
     @_guarded
     def end_study(self, status: str = "FINISHED") -> None:
@@ -503,7 +544,7 @@ class MlflowTracker(Tracker):
             self.client.set_terminated(self.parent_run_id, status=status)
 
     @_guarded
-    def attach(self, study: "optuna.Study") -> bool:
+    def attach(self, study: optuna.Study) -> bool:
         """Reopen a study's parent run for logging (``report``, ``export``) without a config.
 
         Returns:
@@ -542,7 +583,7 @@ def make_tracker(uri: str | None) -> Tracker:
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _objective_names(config: "StudyConfig") -> tuple[str, ...]:
+def _objective_names(config: StudyConfig) -> tuple[str, ...]:
     from objectives.composite import parse_spec
 
     names = []
@@ -554,7 +595,7 @@ def _objective_names(config: "StudyConfig") -> tuple[str, ...]:
     return tuple(names)
 
 
-def _study_params(config: "StudyConfig") -> dict[str, Any]:
+def _study_params(config: StudyConfig) -> dict[str, Any]:
     p = config.protocol
     return {
         "model": config.model,

@@ -22,12 +22,14 @@ import errno
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = [
+    "finished_states",
     "CATCH",
     "ERROR_ATTR",
     "FAIL_REASON_ATTR",
@@ -41,6 +43,14 @@ __all__ = [
     "requeue_stale_trial",
     "worker_identity",
 ]
+
+
+def finished_states() -> tuple:
+    """Trial states that count against a study's budget: complete, pruned and failed."""
+    from optuna.trial import TrialState
+
+    return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
 
 logger = logging.getLogger(__name__)
 
@@ -66,11 +76,11 @@ def error_line(exc: BaseException) -> str:
     return line[:_MAX_ERROR]
 
 
-def guard_objective(objective: Callable[["optuna.Trial"], Any]) -> Callable[["optuna.Trial"], Any]:
+def guard_objective(objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:
     """Wrap an Optuna objective to record the worker and the reason of a failure (module docs)."""
     import optuna
 
-    def guarded(trial: "optuna.Trial") -> Any:
+    def guarded(trial: optuna.Trial) -> Any:
         trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
         try:
             return objective(trial)
@@ -110,13 +120,13 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _requeue(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     if not trial.params:
         return
     study.enqueue_trial(dict(trial.params), user_attrs={RETRY_OF_ATTR: trial.number}, skip_if_exists=False)
 
 
-def recover_dead_trials(study: "optuna.Study", tracker: Any = None) -> list[int]:
+def recover_dead_trials(study: optuna.Study, tracker: Any = None) -> list[int]:
     """Fail the ``RUNNING`` trials whose worker (on this host) is no longer alive.
 
     Each one gets ``error``/``fail_reason`` set, its MLflow child run (user attribute
@@ -148,11 +158,15 @@ def recover_dead_trials(study: "optuna.Study", tracker: Any = None) -> list[int]
         _kill_run(tracker, trial)
         _requeue(study, trial)
         recovered.append(trial.number)
-        logger.warning("trial %d was left running by a dead worker (pid %s); failed it and enqueued its parameters again", trial.number, who.get("pid"))
+        logger.warning(
+            "trial %d was left running by a dead worker (pid %s); failed it and enqueued its parameters again",
+            trial.number,
+            who.get("pid"),
+        )
     return recovered
 
 
-def _kill_run(tracker: Any, trial: "optuna.trial.FrozenTrial") -> None:
+def _kill_run(tracker: Any, trial: optuna.trial.FrozenTrial) -> None:
     from optimize.tracking import TRIAL_RUN_ATTR
 
     run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
@@ -165,7 +179,7 @@ def _kill_run(tracker: Any, trial: "optuna.trial.FrozenTrial") -> None:
         logger.warning("could not mark MLflow run %s of trial %d KILLED: %s", run_id, trial.number, error_line(exc))
 
 
-def requeue_stale_trial(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+def requeue_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """RDB heartbeat callback: a trial whose worker stopped beating is enqueued again."""
     _requeue(study, trial)
     logger.warning("trial %d lost its worker (heartbeat timeout); enqueued its parameters again", trial.number)
@@ -196,17 +210,19 @@ class BudgetGuard:
         lock_path: the lock file (default: one per study and storage in the temp folder).
     """
 
-    def __init__(self, study: "optuna.Study", budget: int, to_run: int, lock_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, study: optuna.Study, budget: int, to_run: int, lock_path: str | os.PathLike | None = None
+    ) -> None:
         self.study, self.budget, self.to_run = study, budget, to_run
         self.lock_path = str(lock_path) if lock_path is not None else _default_lock_path(study)
         self._fd: int | None = None
         self._ran = 0
 
-    def wrap(self, objective: Callable[["optuna.Trial"], Any]) -> Callable[["optuna.Trial"], Any]:
+    def wrap(self, objective: Callable[[optuna.Trial], Any]) -> Callable[[optuna.Trial], Any]:
         """:func:`guard_objective` that first releases the lock taken for this trial."""
         guarded = guard_objective(objective)
 
-        def run(trial: "optuna.Trial") -> Any:
+        def run(trial: optuna.Trial) -> Any:
             self._release()
             return guarded(trial)
 
@@ -217,13 +233,13 @@ class BudgetGuard:
         from optuna.trial import TrialState
 
         self._acquire()
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+        states = (*finished_states(), TrialState.RUNNING)
         if len(self.study.get_trials(deepcopy=False, states=states)) < self.budget:
             return True
         self._release()
         return False
 
-    def __call__(self, study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self._ran += 1
         if self._ran >= self.to_run:  # Optuna's loop ends by itself: no next trial to claim
             return
@@ -248,7 +264,7 @@ class BudgetGuard:
             self._fd = None
 
 
-def _default_lock_path(study: "optuna.Study") -> str:
+def _default_lock_path(study: optuna.Study) -> str:
     import hashlib
     import tempfile
 

@@ -69,15 +69,32 @@ def start_postgres(workdir: Path, timeout: float = 30.0) -> Server | str:
     log = workdir / "postgres.log"
     init = subprocess.run(
         [*run_as, initdb, "-D", str(data), "-U", "fabric", "--auth=trust", "-E", "UTF8"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if init.returncode != 0:
         return f"initdb failed: {init.stderr.strip().splitlines()[-1] if init.stderr.strip() else init.returncode}"
     port = free_port()
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [*run_as, postgres, "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(workdir), "-c", "max_connections=100", "-c", "fsync=off"],
-            stdout=fh, stderr=subprocess.STDOUT,
+            [
+                *run_as,
+                postgres,
+                "-D",
+                str(data),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-k",
+                str(workdir),
+                "-c",
+                "max_connections=100",
+                "-c",
+                "fsync=off",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
         )
     url = f"postgresql+psycopg2://fabric@127.0.0.1:{port}/postgres"
     deadline = time.monotonic() + timeout
@@ -104,10 +121,24 @@ def start_mlflow(workdir: Path, timeout: float = 60.0) -> Server | str:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: starts faster
     with open(log, "w") as fh:
         proc = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--backend-store-uri", f"sqlite:///{workdir / 'server.db'}",
-             "--artifacts-destination", str(workdir / "artifacts"), "--workers", "1"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+            [
+                str(mlflow),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                f"sqlite:///{workdir / 'server.db'}",
+                "--artifacts-destination",
+                str(workdir / "artifacts"),
+                "--workers",
+                "1",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

@@ -78,7 +78,7 @@ def test_studies_is_data() -> None:
 
 
 def test_no_module_imports_itself_back() -> None:
-    graph = {m: {t for t in ts if t != m} for m, ts in _graph().items() if not _modules()[m].name == "__init__.py"}
+    graph = {m: {t for t in ts if t != m} for m, ts in _graph().items() if _modules()[m].name != "__init__.py"}
     cycles: list[list[str]] = []
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     stack: list[str] = []

@@ -36,7 +36,8 @@ import logging
 import math
 import secrets
 import warnings
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler, RandomSampler
@@ -113,8 +114,8 @@ class BoTorchSampler(BaseSampler):
         raw_samples: int = 256,
         mc_samples: int = 128,
         pruned: Literal["last_value", "ignore"] = "last_value",
-        device: "str | torch.device" = "cpu",
-        dtype: "torch.dtype | None" = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
         warn_independent_sampling: bool = True,
     ) -> None:
         if n_startup_trials is not None and n_startup_trials < 1:
@@ -145,12 +146,12 @@ class BoTorchSampler(BaseSampler):
         # between workers; only the fallback sampler keeps a stream of its own.
         self._independent_sampler.reseed_rng()
 
-    def infer_relative_search_space(self, study: "Study", trial: FrozenTrial) -> dict[str, BaseDistribution]:
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         space = self._search_space if self._search_space is not None else self._intersection.calculate(study)
         return {name: dist for name, dist in space.items() if not dist.single()}
 
     def sample_relative(
-        self, study: "Study", trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
     ) -> dict[str, Any]:
         if not search_space:
             return {}
@@ -178,7 +179,7 @@ class BoTorchSampler(BaseSampler):
         return params
 
     def sample_independent(
-        self, study: "Study", trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
         if self._warn_independent_sampling and trial.number > 0 and self._search_space is None:
             logger.warning(
@@ -189,17 +190,15 @@ class BoTorchSampler(BaseSampler):
             )
         return self._independent_sampler.sample_independent(study, trial, param_name, param_distribution)
 
-    def before_trial(self, study: "Study", trial: FrozenTrial) -> None:
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._independent_sampler.before_trial(study, trial)
 
-    def after_trial(
-        self, study: "Study", trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
-    ) -> None:
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._independent_sampler.after_trial(study, trial, state, values)
 
     # ---- internals -----------------------------------------------------------------------
     def _collect(
-        self, study: "Study", trial: FrozenTrial, search_space: Mapping[str, BaseDistribution]
+        self, study: Study, trial: FrozenTrial, search_space: Mapping[str, BaseDistribution]
     ) -> tuple[list[dict[str, Any]], list[list[float]], list[dict[str, Any]]]:
         """Observed points with their values (maximisation sign) and pending points."""
         sign = [-1.0 if d == StudyDirection.MINIMIZE else 1.0 for d in study.directions]
@@ -242,7 +241,7 @@ class BoTorchSampler(BaseSampler):
 
     def _optimize(
         self,
-        study: "Study",
+        study: Study,
         trial: FrozenTrial,
         encoding: CubeEncoding,
         observed: list[dict[str, Any]],
@@ -272,7 +271,7 @@ class BoTorchSampler(BaseSampler):
         return encoding.decode(candidate)[0]
 
 
-def fit_gp(X: "torch.Tensor", Y: "torch.Tensor", bounds: "torch.Tensor", cat_dims: Sequence[int] = ()):
+def fit_gp(X: torch.Tensor, Y: torch.Tensor, bounds: torch.Tensor, cat_dims: Sequence[int] = ()):
     """A GP on ``X`` (``n x d``, model space) and ``Y`` (``n x m``), fitted by marginal likelihood.
 
     Args:
@@ -300,7 +299,7 @@ def fit_gp(X: "torch.Tensor", Y: "torch.Tensor", bounds: "torch.Tensor", cat_dim
     return model
 
 
-def _acquisition(model, X: "torch.Tensor", Y: "torch.Tensor", X_pending, mc_samples: int, seed: int):
+def _acquisition(model, X: torch.Tensor, Y: torch.Tensor, X_pending, mc_samples: int, seed: int):
     import torch
     from botorch.sampling import SobolQMCNormalSampler
 
@@ -321,7 +320,7 @@ def _acquisition(model, X: "torch.Tensor", Y: "torch.Tensor", X_pending, mc_samp
     )
 
 
-def _maximize(acqf, bounds: "torch.Tensor", encoding: CubeEncoding, num_restarts: int, raw_samples: int):
+def _maximize(acqf, bounds: torch.Tensor, encoding: CubeEncoding, num_restarts: int, raw_samples: int):
     """The acquisition's maximiser, a ``1 x d``-dim Tensor in model space."""
     from botorch.optim import optimize_acqf, optimize_acqf_mixed_alternating
 
@@ -362,7 +361,8 @@ def is_model_failure(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.linalg.LinAlgError) or (
-        isinstance(exc, RuntimeError) and any(w in str(exc).lower() for w in ("cholesky", "positive", "singular", "nan"))
+        isinstance(exc, RuntimeError)
+        and any(w in str(exc).lower() for w in ("cholesky", "positive", "singular", "nan"))
     )
 
 
@@ -381,4 +381,3 @@ def _contains(dist: BaseDistribution, value: Any) -> bool:
         return bool(dist._contains(dist.to_internal_repr(value)))
     except (ValueError, TypeError):
         return False
-

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError
 
@@ -41,7 +42,7 @@ def available_samplers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_sampler(name: str = DEFAULT_SAMPLER, seed: int | None = None, **options: Any) -> "BaseSampler":
+def make_sampler(name: str = DEFAULT_SAMPLER, seed: int | None = None, **options: Any) -> BaseSampler:
     """Build a registered sampler.
 
     Args:
@@ -63,35 +64,35 @@ def make_sampler(name: str = DEFAULT_SAMPLER, seed: int | None = None, **options
 
 
 @register_sampler("botorch")
-def _botorch(seed: int | None, **options: Any) -> "BaseSampler":
+def _botorch(seed: int | None, **options: Any) -> BaseSampler:
     from optimize.samplers.botorch import BoTorchSampler
 
     return BoTorchSampler(seed=seed, **options)
 
 
 @register_sampler("gp")
-def _gp(seed: int | None, **options: Any) -> "BaseSampler":
+def _gp(seed: int | None, **options: Any) -> BaseSampler:
     import optuna
 
     return optuna.samplers.GPSampler(seed=seed, **options)
 
 
 @register_sampler("tpe")
-def _tpe(seed: int | None, **options: Any) -> "BaseSampler":
+def _tpe(seed: int | None, **options: Any) -> BaseSampler:
     import optuna
 
     return optuna.samplers.TPESampler(seed=seed, **options)
 
 
 @register_sampler("random")
-def _random(seed: int | None, **options: Any) -> "BaseSampler":
+def _random(seed: int | None, **options: Any) -> BaseSampler:
     import optuna
 
     return optuna.samplers.RandomSampler(seed=seed, **options)
 
 
 @register_sampler("qmc")
-def _qmc(seed: int | None, **options: Any) -> "BaseSampler":
+def _qmc(seed: int | None, **options: Any) -> BaseSampler:
     import optuna
 
     options.setdefault("qmc_type", "sobol")
@@ -102,14 +103,14 @@ def _qmc(seed: int | None, **options: Any) -> "BaseSampler":
 
 
 @register_sampler("nsga2")
-def _nsga2(seed: int | None, **options: Any) -> "BaseSampler":
+def _nsga2(seed: int | None, **options: Any) -> BaseSampler:
     import optuna
 
     return optuna.samplers.NSGAIISampler(seed=seed, **options)
 
 
 @register_sampler("cmaes")
-def _cmaes(seed: int | None, **options: Any) -> "BaseSampler":
+def _cmaes(seed: int | None, **options: Any) -> BaseSampler:
     if importlib.util.find_spec("cmaes") is None:
         raise ConfigError("sampler 'cmaes' needs the cmaes package: pip install 'fabric-opt[cmaes]'")
     import optuna

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from fabric.errors import ConfigError
 from fabric.params import FabricParams
@@ -21,7 +22,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PRESETS: Mapping[str, FabricParams] = {"paper": FabricParams.paper(), "a1111": FabricParams.a1111()}
 
 
-def enqueue_params(study: "optuna.Study", space: "SearchSpace", params: FabricParams, label: str | None = None) -> dict:
+def enqueue_params(study: optuna.Study, space: SearchSpace, params: FabricParams, label: str | None = None) -> dict:
     """Enqueue ``params`` (mapped into ``space``) as a trial of ``study``.
 
     Parameters the space fixes or leaves out are skipped; values outside a range are moved onto
@@ -38,7 +39,7 @@ def enqueue_params(study: "optuna.Study", space: "SearchSpace", params: FabricPa
 
 
 def enqueue_defaults(
-    study: "optuna.Study", space: "SearchSpace", presets: Iterable[str] = ("paper", "a1111")
+    study: optuna.Study, space: SearchSpace, presets: Iterable[str] = ("paper", "a1111")
 ) -> list[dict]:
     """Enqueue the paper's and the A1111 extension's defaults (or the named ``presets``).
 

@@ -113,7 +113,9 @@ def test_high_weight_pulls_layer_output_towards_reference_attention():
     target = attn.to_out[0](
         torch.nn.functional.scaled_dot_product_attention(
             *(t.view(1, -1, 2, 8).transpose(1, 2) for t in (attn.to_q(x), attn.to_k(ref), attn.to_v(ref)))
-        ).transpose(1, 2).reshape(1, 6, 16)
+        )
+        .transpose(1, 2)
+        .reshape(1, 6, 16)
     )
     distances = []
     for w in (0.0, 1.0, 10.0, 1000.0):
@@ -140,12 +142,19 @@ def test_groups_in_one_batch_equal_each_group_alone():
     g = torch.Generator().manual_seed(4)
     sizes = (2, 1, 3)
     refs = (
-        LayerReferences(pos=torch.randn(6, 16, generator=g, dtype=torch.float64), neg=torch.randn(12, 16, generator=g, dtype=torch.float64), pos_weight=1.5, neg_weight=0.4),
+        LayerReferences(
+            pos=torch.randn(6, 16, generator=g, dtype=torch.float64),
+            neg=torch.randn(12, 16, generator=g, dtype=torch.float64),
+            pos_weight=1.5,
+            neg_weight=0.4,
+        ),
         None,
-        LayerReferences(pos=torch.randn(12, 16, generator=g, dtype=torch.float64), neg=None, pos_weight=0.8, neg_weight=0.0),
+        LayerReferences(
+            pos=torch.randn(12, 16, generator=g, dtype=torch.float64), neg=None, pos_weight=0.8, neg_weight=0.0
+        ),
     )
     xs = [torch.randn(2 * n, 6, 16, generator=g, dtype=torch.float64) for n in sizes]  # [uncond(n); cond(n)] each
-    batch = torch.cat([x[: n] for x, n in zip(xs, sizes)] + [x[n:] for x, n in zip(xs, sizes)])
+    batch = torch.cat([x[:n] for x, n in zip(xs, sizes)] + [x[n:] for x, n in zip(xs, sizes)])
 
     state = FabricState(mode="inject", guidance=True, groups=sizes)
     state.layers["layer"] = refs

@@ -34,8 +34,14 @@ def tiny_xl():
 def test_fused_equals_the_separate_pass_with_one_unet_call_per_step(model, tiny_generator, tiny_xl, solid_images):
     pipeline = tiny_generator.pipeline if model == "tiny" else tiny_xl
     separate, fused = _pair(pipeline)
-    kw = dict(liked=[solid_images["red"], solid_images["green"]], disliked=[solid_images["blue"], solid_images["yellow"]],
-              params=P, n_images=2, seed=[3, 4], output_type="latent")
+    kw = dict(
+        liked=[solid_images["red"], solid_images["green"]],
+        disliked=[solid_images["blue"], solid_images["yellow"]],
+        params=P,
+        n_images=2,
+        seed=[3, 4],
+        output_type="latent",
+    )
     expected = separate.generate("a circle", **kw)
     rows, handle = _count_unet_calls(pipeline)
     try:
@@ -52,8 +58,19 @@ def test_fused_equals_the_separate_pass_with_one_unet_call_per_step(model, tiny_
 
 def test_a_later_round_mixes_cached_and_new_references(tiny_generator, solid_images):
     separate, fused = _pair(tiny_generator.pipeline)
-    first = dict(liked=[solid_images["red"]], disliked=[solid_images["blue"]], params=P, n_images=2, seed=[1, 2], output_type="latent")
-    second = dict(first, liked=[solid_images["red"], solid_images["green"]], disliked=[solid_images["blue"], solid_images["yellow"]])
+    first = dict(
+        liked=[solid_images["red"]],
+        disliked=[solid_images["blue"]],
+        params=P,
+        n_images=2,
+        seed=[1, 2],
+        output_type="latent",
+    )
+    second = dict(
+        first,
+        liked=[solid_images["red"], solid_images["green"]],
+        disliked=[solid_images["blue"], solid_images["yellow"]],
+    )
     for gen in (separate, fused):
         gen.generate("a square", **first)
     hits = fused.state_cache.hits
@@ -95,7 +112,11 @@ def test_inputs_the_fused_pass_cannot_extend_fall_back_to_the_separate_pass(kwar
 def test_sdxl_needs_its_added_conditions_to_fuse():
     base = {"encoder_hidden_states": torch.zeros(1)}
     assert can_fuse((torch.zeros(1), 1), {**base, "added_cond_kwargs": {"text_embeds": 0, "time_ids": 0}}, sdxl=True)
-    assert not can_fuse((torch.zeros(1), 1), {**base, "added_cond_kwargs": {"text_embeds": 0, "time_ids": 0, "image_embeds": 0}}, sdxl=True)
+    assert not can_fuse(
+        (torch.zeros(1), 1),
+        {**base, "added_cond_kwargs": {"text_embeds": 0, "time_ids": 0, "image_embeds": 0}},
+        sdxl=True,
+    )
     assert not can_fuse((torch.zeros(1), 1), base, sdxl=True)
 
 
@@ -119,5 +140,16 @@ def test_sdxl_fused_rows_get_the_empty_prompt_and_the_size_ids(tiny_xl, solid_im
     """A non-square SDXL image: the reference rows' pooled embedding and (size, crop, target)
     ids are appended as the separate pass passes them, so the images match."""
     separate, fused = _pair(tiny_xl)
-    kw = dict(liked=[solid_images["red"]], disliked=[solid_images["blue"]], params=P, n_images=1, seed=2, height=64, width=96, output_type="latent")
-    torch.testing.assert_close(fused.generate("a circle", **kw), separate.generate("a circle", **kw), rtol=1e-4, atol=2e-4)
+    kw = dict(
+        liked=[solid_images["red"]],
+        disliked=[solid_images["blue"]],
+        params=P,
+        n_images=1,
+        seed=2,
+        height=64,
+        width=96,
+        output_type="latent",
+    )
+    torch.testing.assert_close(
+        fused.generate("a circle", **kw), separate.generate("a circle", **kw), rtol=1e-4, atol=2e-4
+    )

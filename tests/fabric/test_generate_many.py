@@ -22,7 +22,14 @@ def _requests(solid):
 
 def _alone(gen, r, params=P):
     return gen.generate(
-        r.prompt, r.negative_prompt, r.liked, r.disliked, params=params, n_images=len(r.seeds), seed=list(r.seeds), output_type="latent"
+        r.prompt,
+        r.negative_prompt,
+        r.liked,
+        r.disliked,
+        params=params,
+        n_images=len(r.seeds),
+        seed=list(r.seeds),
+        output_type="latent",
     )
 
 

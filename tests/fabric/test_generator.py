@@ -34,7 +34,9 @@ def test_no_feedback_equals_the_plain_pipeline_bit_for_bit(tiny_generator):
 
 def test_all_weights_zero_equals_the_plain_pipeline(tiny_generator, solid_images):
     zero = P.replace(max_weight=0.0, min_weight=0.0)
-    ours = tiny_generator.generate("a red circle", liked=[solid_images["red"]], disliked=[solid_images["blue"]], params=zero, n_images=2, seed=3)
+    ours = tiny_generator.generate(
+        "a red circle", liked=[solid_images["red"]], disliked=[solid_images["blue"]], params=zero, n_images=2, seed=3
+    )
     assert np.array_equal(_arrays(ours), _arrays(_plain(tiny_generator, "a red circle", 2, 3, zero)))
 
 
@@ -67,7 +69,9 @@ def test_reference_truncation_keeps_the_most_recent(tiny_generator, solid_images
 def test_negative_feedback_needs_the_unconditional_half(tiny_generator, solid_images):
     # without classifier-free guidance there is no unconditional half: disliked images do nothing
     p = P.replace(guidance_scale=1.0)
-    with_neg = tiny_generator.generate("x", disliked=[solid_images["blue"]], params=p, n_images=2, seed=1, output_type="latent")
+    with_neg = tiny_generator.generate(
+        "x", disliked=[solid_images["blue"]], params=p, n_images=2, seed=1, output_type="latent"
+    )
     plain = tiny_generator.generate("x", params=p, n_images=2, seed=1, output_type="latent")
     assert torch.equal(with_neg, plain)
 
@@ -108,7 +112,7 @@ def test_references_recorded_in_an_earlier_round_are_reused(tiny_generator, soli
         gen.generate("x", liked=[solid_images["red"]], params=p, n_images=2, seed=0)
         first = list(sizes)
         gen.generate("x", liked=[solid_images["red"], solid_images["yellow"]], params=p, n_images=2, seed=1)
-        second = sizes[len(first):]
+        second = sizes[len(first) :]
     finally:
         handle.remove()
     # the red reference once per step, then only the new (yellow) one: red comes from the cache
@@ -121,7 +125,14 @@ def test_cached_and_uncached_references_give_the_same_images(tiny_generator, sol
     from fabric.fabric_generator import FabricGenerator
 
     uncached = FabricGenerator(tiny_generator.pipeline, cache_bytes=0)
-    kw = dict(liked=[solid_images["red"]], disliked=[solid_images["green"]], params=P, n_images=2, seed=9, output_type="latent")
+    kw = dict(
+        liked=[solid_images["red"]],
+        disliked=[solid_images["green"]],
+        params=P,
+        n_images=2,
+        seed=9,
+        output_type="latent",
+    )
     tiny_generator.generate("x", **kw)  # fills the cache
     # equal up to float rounding: cached tokens may come from a reference batch of another size
     torch.testing.assert_close(tiny_generator.generate("x", **kw), uncached.generate("x", **kw), rtol=1e-4, atol=1e-4)
@@ -146,8 +157,12 @@ def test_prompt_dropout_is_seeded(tiny_generator):
     assert drop_words("a b c d e f g h", 0.5, 1) == drop_words("a b c d e f g h", 0.5, 1)
     assert drop_words("a b c", 0.0, 1) == "a b c"
     p = P.replace(prompt_dropout=0.5)
-    a = tiny_generator.generate("a red circle on a blue square", params=p, n_images=2, seed=[1, 2], output_type="latent")
-    b = tiny_generator.generate("a red circle on a blue square", params=p, n_images=2, seed=[1, 2], output_type="latent")
+    a = tiny_generator.generate(
+        "a red circle on a blue square", params=p, n_images=2, seed=[1, 2], output_type="latent"
+    )
+    b = tiny_generator.generate(
+        "a red circle on a blue square", params=p, n_images=2, seed=[1, 2], output_type="latent"
+    )
     assert torch.equal(a, b)
 
 
@@ -180,7 +195,9 @@ def test_out_of_memory_first_frees_the_token_cache_and_retries_the_whole_batch(t
     from fabric.fabric_generator import FabricGenerator
 
     red, blue = solid_images["red"], solid_images["blue"]
-    kw = dict(liked=[red], disliked=[blue], params=P, n_images=2, seed=7, output_type="latent")  # one seed: no split possible
+    kw = dict(
+        liked=[red], disliked=[blue], params=P, n_images=2, seed=7, output_type="latent"
+    )  # one seed: no split possible
     expected = FabricGenerator(tiny_generator.pipeline, cache_bytes=0).generate("x", **kw)
     gen = FabricGenerator(tiny_generator.pipeline)
     gen.generate("x", liked=[red], params=P, n_images=1, seed=0, output_type="latent")  # fills the cache

@@ -35,9 +35,13 @@ def test_iterative_rounds_are_reproducible_and_feedback_accumulates(tiny_generat
     from fabric.iterative import FeedbackSession, IterativeFeedbackGenerator
 
     it = IterativeFeedbackGenerator(tiny_generator)
-    images, info = it.generate("a red circle", seed=3, n_images=2, prompt_dropout=0.5, return_params=True, params=FabricParams(steps=3))
+    images, info = it.generate(
+        "a red circle", seed=3, n_images=2, prompt_dropout=0.5, return_params=True, params=FabricParams(steps=3)
+    )
     assert info["seed"] == 3 and len(info["prompts"]) == 2 and info["round"] == 0
-    again = IterativeFeedbackGenerator(tiny_generator).generate("a red circle", seed=3, n_images=2, prompt_dropout=0.5, params=FabricParams(steps=3))
+    again = IterativeFeedbackGenerator(tiny_generator).generate(
+        "a red circle", seed=3, n_images=2, prompt_dropout=0.5, params=FabricParams(steps=3)
+    )
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(images, again))
 
     session = FeedbackSession(tiny_generator, "a red circle", params=FabricParams(steps=3, max_weight=0.6))

@@ -67,7 +67,9 @@ def base():
 
 def _latents(gen, images, **kwargs):
     refs = dict(liked=[images["red"], images["green"]], disliked=[images["blue"]])
-    return gen.generate("a red circle", negative_prompt="blurry", params=P, n_images=1, seed=4, output_type="latent", **refs, **kwargs)
+    return gen.generate(
+        "a red circle", negative_prompt="blurry", params=P, n_images=1, seed=4, output_type="latent", **refs, **kwargs
+    )
 
 
 def test_hps_layout_is_converted_to_peft_keys():
@@ -145,7 +147,11 @@ def test_diffusers_format_lora_from_reward_finetuning_loads_with_its_scale(tmp_p
     from fabric.tiny import build_tiny_pipeline
 
     trained = build_tiny_pipeline()
-    trained.unet.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    trained.unet.add_adapter(
+        LoraConfig(
+            r=RANK, lora_alpha=RANK, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+        )
+    )
     StableDiffusionPipeline.save_lora_weights(tmp_path, unet_lora_layers=get_peft_model_state_dict(trained.unet))
     deltas = {}
     for name, proj, linear in _projections(trained.unet):
@@ -154,7 +160,11 @@ def test_diffusers_format_lora_from_reward_finetuning_loads_with_its_scale(tmp_p
 
     gen = _gen()
     info = load_lora(gen.pipeline, tmp_path, 0.5)  # a folder: pytorch_lora_weights.safetensors
-    assert info.format == "diffusers" and info.negative_prefix == "" and gen.pipeline.get_active_adapters() == [info.adapter_name]
+    assert (
+        info.format == "diffusers"
+        and info.negative_prefix == ""
+        and gen.pipeline.get_active_adapters() == [info.adapter_name]
+    )
     merged = _gen()
     merge(merged, deltas, 0.5)
     torch.testing.assert_close(_latents(gen, solid_images), _latents(merged, solid_images), rtol=1e-4, atol=1e-4)
@@ -214,7 +224,19 @@ def test_cli_lora_option_reaches_the_generator_and_the_sidecar(hps_file, tmp_pat
     from fabric_opt_cli.app import main
 
     out = tmp_path / "run"
-    argv = ["generate", "--prompt", "a red circle", "--steps", "2", "--n-images", "1", "--lora", f"{hps_file}:0.0", "--out", str(out)]
+    argv = [
+        "generate",
+        "--prompt",
+        "a red circle",
+        "--steps",
+        "2",
+        "--n-images",
+        "1",
+        "--lora",
+        f"{hps_file}:0.0",
+        "--out",
+        str(out),
+    ]
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 0, capsys.readouterr().err

@@ -18,8 +18,16 @@ def float32_latents(tiny_generator, solid_images):
 
 
 def _generate(gen, images, **kw):
-    return gen.generate("a circle", liked=[images["red"], images["green"]], disliked=[images["blue"], images["yellow"]],
-                        params=P, n_images=2, seed=[3, 4], output_type="latent", **kw)
+    return gen.generate(
+        "a circle",
+        liked=[images["red"], images["green"]],
+        disliked=[images["blue"], images["yellow"]],
+        params=P,
+        n_images=2,
+        seed=[3, 4],
+        output_type="latent",
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -28,7 +36,8 @@ def test_low_precision_feedback_matches_float32_and_every_path_agrees(device, dt
     pipeline = FabricGenerator.from_pretrained("tiny", device=device, dtype=dtype).pipeline
     runs = {
         (fuse, bias): _generate(FabricGenerator(pipeline, fuse_reference_pass=fuse, bias_mode=bias), solid_images)
-        for fuse in (False, True) for bias in ("mask", "fold")
+        for fuse in (False, True)
+        for bias in ("mask", "fold")
     }
     separate = runs[False, "mask"]
     assert separate.dtype == dtype and separate.device.type == device

@@ -53,7 +53,9 @@ def test_each_family_without_feedback_is_its_plain_pipeline_and_feedback_changes
     refs = dict(liked=[solid_images["red"], solid_images["green"]], disliked=[solid_images["blue"]])
     fed = gen.generate("a red circle", negative_prompt="blurry", **refs, **kwargs)
     assert not np.array_equal(_arrays(fed), _arrays(ours))
-    assert np.array_equal(_arrays(fed), _arrays(gen.generate("a red circle", negative_prompt="blurry", **refs, **kwargs)))
+    assert np.array_equal(
+        _arrays(fed), _arrays(gen.generate("a red circle", negative_prompt="blurry", **refs, **kwargs))
+    )
 
 
 def test_the_tiny_families_have_their_family_traits(generators):
@@ -80,10 +82,21 @@ def test_xl_reference_pass_uses_the_empty_prompt_pooled_embedding_and_the_time_i
 
     handle = gen.pipeline.unet.register_forward_pre_hook(spy, with_kwargs=True)
     try:
-        gen.generate("a circle", liked=[solid_images["red"]], params=P, n_images=1, seed=0, height=64, width=96, output_type="latent")
+        gen.generate(
+            "a circle",
+            liked=[solid_images["red"]],
+            params=P,
+            n_images=1,
+            seed=0,
+            height=64,
+            width=96,
+            output_type="latent",
+        )
     finally:
         handle.remove()
-    empty, _, pooled, _ = gen.pipeline.encode_prompt("", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+    empty, _, pooled, _ = gen.pipeline.encode_prompt(
+        "", device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
     reference_calls = [c for c in calls if c[0] == 1]  # main passes have batch 2 (guidance)
     assert len(reference_calls) == P.steps
     for _, text, added in reference_calls:
@@ -97,20 +110,10 @@ def test_depth_profile_covers_sdxl_three_levels_and_deep_transformer_blocks():
     from diffusers import UNet2DConditionModel
 
     from fabric.schedule import layer_weights
+    from fabric.shapes import SDXL_UNET
 
     with init_empty_weights():  # SDXL base's U-Net shape, no memory
-        unet = UNet2DConditionModel(
-            block_out_channels=(320, 640, 1280),
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
-            cross_attention_dim=2048,
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816,
-        )
+        unet = UNet2DConditionModel(**SDXL_UNET)
     names = [n[: -len(".processor")] for n in unet.attn_processors if n.endswith("attn1.processor")]
     assert len(names) == 70  # 2*2 + 2*10 down, 10 mid, 3*10 + 3*2 up
     w = layer_weights(names, 1.0, 0.4, len(unet.down_blocks))  # linspace(1, .4, 4) = 1, .8, .6, .4
@@ -128,7 +131,9 @@ def test_fp16_vae_with_force_upcast_encodes_references_in_float32(solid_images):
     seen = []
     handle = gen.pipeline.vae.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
     try:
-        latents = gen.generate("x", liked=[solid_images["red"]], params=P.replace(steps=1), n_images=1, output_type="latent")
+        latents = gen.generate(
+            "x", liked=[solid_images["red"]], params=P.replace(steps=1), n_images=1, output_type="latent"
+        )
         gen.pipeline.vae.register_to_config(force_upcast=False)
         gen.generate("x", liked=[solid_images["blue"]], params=P.replace(steps=1), n_images=1, output_type="latent")
     finally:
@@ -147,22 +152,34 @@ def test_builtin_and_unknown_models():
 
 
 # ---- diffusers -> original (LDM) layout, the inverse of diffusers' single-file converters -------
-_RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"), ("conv2", "out_layers.3"),
-           ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
+_RESNET = (
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
+)
 
 
 def _rename(name: str, pairs) -> str:
     for old, new in pairs:
         if name.startswith(old + "."):
-            return new + name[len(old):]
+            return new + name[len(old) :]
     return name
 
 
 def _unet_to_ldm(unet) -> dict:
     n = unet.config.layers_per_block + 1  # per level: the resnets (+ attention), then a downsampler
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+    fixed = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "add_embedding.linear_1": "label_emb.0.0",
+        "add_embedding.linear_2": "label_emb.0.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
     out = {}
     for key, value in unet.state_dict().items():
         module, _, param = key.rpartition(".")
@@ -224,11 +241,19 @@ def _clip_to_ldm(text_encoder, prefix: str) -> dict:
 def _open_clip_to_ldm(text_encoder, prefix: str) -> dict:
     """OpenCLIP layout (SD 2.x, SDXL's second encoder): fused qkv, resblocks, (width, proj) projection."""
     sd = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
-    names = {"embeddings.token_embedding.weight": "token_embedding.weight",
-             "embeddings.position_embedding.weight": "positional_embedding",
-             "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias"}
-    layer = (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"),
-             ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj"))
+    names = {
+        "embeddings.token_embedding.weight": "token_embedding.weight",
+        "embeddings.position_embedding.weight": "positional_embedding",
+        "final_layer_norm.weight": "ln_final.weight",
+        "final_layer_norm.bias": "ln_final.bias",
+    }
+    layer = (
+        ("self_attn.out_proj", "attn.out_proj"),
+        ("layer_norm1", "ln_1"),
+        ("layer_norm2", "ln_2"),
+        ("mlp.fc1", "mlp.c_fc"),
+        ("mlp.fc2", "mlp.c_proj"),
+    )
     out = {}
     for key, value in sd.items():
         if key in names:
@@ -302,7 +327,9 @@ def test_single_file_round_trip_gives_identical_images(generators, solid_images,
     # another size would differ in the last float bits
     magenta = Image.new("RGB", (64, 64), (200, 30, 200))
     kwargs = dict(liked=[solid_images["yellow"]], disliked=[magenta], params=P, n_images=1, seed=5)
-    assert np.array_equal(_arrays(loaded.generate("a red circle", **kwargs)), _arrays(gen.generate("a red circle", **kwargs)))
+    assert np.array_equal(
+        _arrays(loaded.generate("a red circle", **kwargs)), _arrays(gen.generate("a red circle", **kwargs))
+    )
 
 
 class _Payload:
@@ -351,8 +378,11 @@ def test_model_type_and_config_are_checked(generators, tmp_path):
     save_file({"unet.conv_in.lora_A.weight": torch.zeros(2, 4)}, str(lora_like))
     with pytest.raises(ModelLoadError, match="not an original-layout"):
         detect_model_type(lora_like)
-    refiner = {k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v
-               for k, v in ldm_state_dict(generators["tiny-xl"].pipeline, "xl").items() if ".embedders.0." not in k}
+    refiner = {
+        k.replace("conditioner.embedders.1.", "conditioner.embedders.0."): v
+        for k, v in ldm_state_dict(generators["tiny-xl"].pipeline, "xl").items()
+        if ".embedders.0." not in k
+    }
     save_file(refiner, str(tmp_path / "refiner.safetensors"))
     with pytest.raises(ModelLoadError, match="refiner"):
         detect_model_type(tmp_path / "refiner.safetensors")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,15 @@ def test_defaults_are_the_paper_settings():
 
 
 def test_dict_and_json_round_trip_exactly():
-    p = FabricParams(feedback_start=0.1234567891234, feedback_end=0.9, max_weight=0.77, min_weight=0.01, max_references=3, prompt_dropout=0.25, steps=17)
+    p = FabricParams(
+        feedback_start=0.1234567891234,
+        feedback_end=0.9,
+        max_weight=0.77,
+        min_weight=0.01,
+        max_references=3,
+        prompt_dropout=0.25,
+        steps=17,
+    )
     assert FabricParams.from_dict(p.to_dict()) == p
     assert FabricParams.from_json(p.to_json()) == p
     assert json.loads(p.to_json())["max_references"] == 3
@@ -52,5 +61,5 @@ def test_unknown_keys_are_rejected():
 
 
 def test_frozen():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         FabricParams().max_weight = 1.0  # type: ignore[misc]

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from fabric import FabricParams
 from fabric.errors import InvalidParameterError
@@ -50,8 +49,13 @@ def test_returned_images_are_copies(gen):
 
 @pytest.mark.parametrize(
     "change",
-    [dict(seed=[1, 3]), dict(params=P.replace(guidance_scale=3.0)), dict(params=P.replace(steps=2)),
-     dict(negative_prompt="blurry"), dict(prompt="a blue circle")],
+    [
+        dict(seed=[1, 3]),
+        dict(params=P.replace(guidance_scale=3.0)),
+        dict(params=P.replace(steps=2)),
+        dict(negative_prompt="blurry"),
+        dict(prompt="a blue circle"),
+    ],
 )
 def test_anything_the_output_depends_on_is_part_of_the_key(gen, change):
     base = dict(prompt="a red circle", params=P, n_images=2, seed=[1, 2])
@@ -107,6 +111,7 @@ def test_a_study_trial_reuses_the_baselines_first_round(tiny_generator):
     result = evaluator.evaluate(space.base.replace(max_weight=0.5))
     assert gen.plain_cache.hits == 1  # the trial's first round is the baseline's
     # the shared round scores exactly as a fresh one would
-    fresh = TrialEvaluator(FabricGenerator(tiny_generator.pipeline), objective,
-                           Protocol(("a red circle",), rounds=2, n_images=2), space)
+    fresh = TrialEvaluator(
+        FabricGenerator(tiny_generator.pipeline), objective, Protocol(("a red circle",), rounds=2, n_images=2), space
+    )
     assert fresh.evaluate(space.base.replace(max_weight=0.5)).values == result.values

@@ -35,20 +35,30 @@ def pipelines():
     return {"epsilon": build_tiny_pipeline(), "v_prediction": build_tiny_v_pipeline()}
 
 
-@pytest.mark.parametrize("name", [n if _available(n) else pytest.param(n, marks=pytest.mark.skip(f"needs {SCHEDULERS[n].requires}")) for n in SCHEDULERS])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n if _available(n) else pytest.param(n, marks=pytest.mark.skip(f"needs {SCHEDULERS[n].requires}"))
+        for n in SCHEDULERS
+    ],
+)
 def test_every_supported_scheduler_runs_fabric_with_two_liked_and_two_disliked(pipelines, solid_images, name):
     from fabric.fabric_generator import FabricGenerator
 
     pipe = pipelines["epsilon"]
     original = pipe.scheduler
-    refs = dict(liked=[solid_images["red"], solid_images["green"]], disliked=[solid_images["blue"], solid_images["yellow"]])
+    refs = dict(
+        liked=[solid_images["red"], solid_images["green"]], disliked=[solid_images["blue"], solid_images["yellow"]]
+    )
     runs = {}
     try:
         set_scheduler(pipe, name)
         for fuse in (False, True):
             gen = FabricGenerator(pipe, fuse_reference_pass=fuse)
             calls = []  # (rows, timestep) of every U-Net call as the U-Net ran it (before FABRIC's hook trims it)
-            handle = pipe.unet.register_forward_hook(lambda m, args, out: calls.append((out[0].shape[0], round(float(args[1]), 4))))
+            handle = pipe.unet.register_forward_hook(
+                lambda m, args, out: calls.append((out[0].shape[0], round(float(args[1]), 4)))
+            )
             try:
                 runs[fuse] = gen.generate("a circle", **refs, params=P, n_images=1, seed=0, output_type="latent"), calls
             finally:
@@ -88,7 +98,11 @@ def _oracle_inputs(scheduler, prediction: str, steps: int = 6):
     eps = torch.randn(1, 4, 64, 64, generator=g, dtype=torch.float64)
     scheduler.set_timesteps(steps)
     x = scheduler.add_noise(z0, eps, scheduler.timesteps[:1])
-    step_kwargs = {"generator": torch.Generator().manual_seed(1)} if "generator" in inspect.signature(scheduler.step).parameters else {}
+    step_kwargs = (
+        {"generator": torch.Generator().manual_seed(1)}
+        if "generator" in inspect.signature(scheduler.step).parameters
+        else {}
+    )
     basis = torch.stack([z0.flatten(), eps.flatten()], dim=1)
     seen = []
     for t in scheduler.timesteps:
@@ -139,14 +153,20 @@ def test_a_name_keeps_the_model_noise_schedule_and_prediction_type(pipelines):
         s = make_scheduler(name, v.scheduler.config)
         assert s.config.prediction_type == "v_prediction"
         assert torch.equal(s.alphas_cumprod, v.scheduler.alphas_cumprod)
-    assert make_scheduler("ddim", pipelines["epsilon"].scheduler.config).config.clip_sample is False  # latents are unbounded
+    assert (
+        make_scheduler("ddim", pipelines["epsilon"].scheduler.config).config.clip_sample is False
+    )  # latents are unbounded
     assert make_scheduler("euler-karras", v.scheduler.config).config.use_karras_sigmas
-    assert not make_scheduler("euler", make_scheduler("euler-karras", v.scheduler.config).config).config.use_karras_sigmas
+    assert not make_scheduler(
+        "euler", make_scheduler("euler-karras", v.scheduler.config).config
+    ).config.use_karras_sigmas
     # any diffusers scheduler class of the family is accepted by its class name
     assert type(make_scheduler("DEISMultistepScheduler", v.scheduler.config)).__name__ == "DEISMultistepScheduler"
 
 
-@pytest.mark.parametrize("name", ["flow-match-euler", "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler", "NotAScheduler"])
+@pytest.mark.parametrize(
+    "name", ["flow-match-euler", "FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler", "NotAScheduler"]
+)
 def test_unsupported_schedulers_fail_with_one_line_naming_the_supported_set(pipelines, name):
     with pytest.raises(InvalidParameterError) as info:
         make_scheduler(name, pipelines["epsilon"].scheduler.config)

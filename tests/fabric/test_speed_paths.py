@@ -21,7 +21,10 @@ def _recorded_shapes(unet, latent_hw):
     state = FabricState(mode="record")
     previous = dict(unet.attn_processors)
     unet.set_attn_processor(
-        {k: FabricAttnProcessor(k[: -len(".processor")], state, p) if k.endswith("attn1.processor") else p for k, p in previous.items()}
+        {
+            k: FabricAttnProcessor(k[: -len(".processor")], state, p) if k.endswith("attn1.processor") else p
+            for k, p in previous.items()
+        }
     )
     try:
         added = None
@@ -29,7 +32,12 @@ def _recorded_shapes(unet, latent_hw):
             pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
             added = {"text_embeds": torch.zeros(1, pooled), "time_ids": torch.zeros(1, 6)}
         with torch.no_grad():
-            unet(torch.zeros(1, 4, *latent_hw), 10, encoder_hidden_states=torch.zeros(1, 77, unet.config.cross_attention_dim), added_cond_kwargs=added)
+            unet(
+                torch.zeros(1, 4, *latent_hw),
+                10,
+                encoder_hidden_states=torch.zeros(1, 77, unet.config.cross_attention_dim),
+                added_cond_kwargs=added,
+            )
     finally:
         unet.set_attn_processor(previous)
     return [(name, t.shape[1], t.shape[2]) for name, t in state.recorded.items()]
@@ -47,7 +55,7 @@ def tiny_xl_unet():
 @pytest.mark.parametrize("latent_hw", [(8, 8), (5, 7)])
 def test_flop_model_layers_are_the_layers_fabric_records(model, latent_hw, tiny_generator, tiny_xl_unet):
     unet = tiny_generator.pipeline.unet if model == "tiny" else tiny_xl_unet
-    expected = [(l.name, l.tokens, l.channels) for l in attn1_layers(unet.config, latent_hw)]
+    expected = [(layer.name, layer.tokens, layer.channels) for layer in attn1_layers(unet.config, latent_hw)]
     assert _recorded_shapes(unet, latent_hw) == expected
 
 
@@ -55,7 +63,11 @@ def _counted_flops(fn) -> int:
     from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
     # the CPU flash kernel has no formula in torch's table; its work is that of any SDPA
-    custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: sdpa_flop_count(q, k, v)}
+    custom = {
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: lambda q, k, v, *a, out_shape=None, **kw: (
+            sdpa_flop_count(q, k, v)
+        )
+    }
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         fn()
     return counter.get_total_flops()
@@ -74,7 +86,9 @@ def test_flop_estimate_equals_the_counted_flops_of_a_fabric_call(tiny_generator,
     images = list(solid_images.values())
     kw = dict(params=params, n_images=1, seed=0, output_type="pil")
     plain = _counted_flops(lambda: gen.generate("a red circle", **kw))
-    fabric = _counted_flops(lambda: gen.generate("a red circle", liked=images[:liked], disliked=images[-disliked:], **kw))
+    fabric = _counted_flops(
+        lambda: gen.generate("a red circle", liked=images[:liked], disliked=images[-disliked:], **kw)
+    )
     est = estimate_flops(
         component_flops(gen.pipeline, 64, 64),
         attn1_layers(gen.pipeline.unet.config, (8, 8)),
@@ -136,7 +150,9 @@ def test_a_small_cache_still_serves_the_next_round_and_changes_nothing(tiny_gene
     assert gen.state_cache.hits - hits >= 2 * params.steps
     # said once, with the fix: the third call's rejections are not logged again
     (warning,) = _cache_warnings(caplog)
-    assert "cache_bytes" in warning and "--token-cache-gb" in warning
+    assert "cache_bytes" in warning and "--" not in warning  # the library names its own argument
+    (record,) = [r for r in caplog.records if r.getMessage() == warning]
+    assert record.option == "cache_bytes"  # the command line turns it into --token-cache-gb
     expected = uncached.generate("x", liked=[red, green], disliked=[blue, yellow], **kw)
     torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(third, expected, rtol=1e-4, atol=1e-4)
@@ -151,7 +167,14 @@ def test_cache_bytes_must_be_a_non_negative_integer(bad, tiny_generator):
 def test_fabric_on_a_channels_last_unet_gives_the_same_images(tiny_generator, solid_images):
     # bench.generator's channels-last option: the convolutions change layout, FABRIC's token paths must not care
     gen = FabricGenerator(tiny_generator.pipeline, cache_bytes=0)
-    kw = dict(liked=[solid_images["red"]], disliked=[solid_images["blue"]], params=FabricParams(steps=2, max_weight=0.8), n_images=1, seed=3, output_type="latent")
+    kw = dict(
+        liked=[solid_images["red"]],
+        disliked=[solid_images["blue"]],
+        params=FabricParams(steps=2, max_weight=0.8),
+        n_images=1,
+        seed=3,
+        output_type="latent",
+    )
     contiguous = gen.generate("x", **kw)
     unet = gen.pipeline.unet
     unet.to(memory_format=torch.channels_last)

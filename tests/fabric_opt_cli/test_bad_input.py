@@ -52,14 +52,30 @@ CASES = [
     (["report", "nosuch", "--storage", "{d}/none.journal"], {}, "no study storage"),
     (["export", "nosuch", "--storage", "{d}/none.journal", "--format", "a1111"], {}, "no study storage"),
     # presets from other tools, images, checkpoints
-    (["generate", "--prompt", "x", "--preset", "{d}/a1111.json", "--out", "{d}/out"], {"a1111.json": json.dumps(A1111_PRESET)}, "preset"),
+    (
+        ["generate", "--prompt", "x", "--preset", "{d}/a1111.json", "--out", "{d}/out"],
+        {"a1111.json": json.dumps(A1111_PRESET)},
+        "preset",
+    ),
     (["generate", "--prompt", "x", "--preset", "{d}/list.json", "--out", "{d}/out"], {"list.json": "[1, 2]"}, "preset"),
     (["generate", "--prompt", "x", "--liked", "{d}/like.png", "--out", "{d}/out"], {"like.png": PNG_NOT}, "like.png"),
     (["generate", "--prompt", "x", "--liked", "{d}/gone.png", "--out", "{d}/out"], {}, "gone.png"),
-    (["generate", "--prompt", "x", "--model", "{d}/model.ckpt", "--out", "{d}/out"], {"model.ckpt": CORRUPT_CKPT}, "model.ckpt"),
-    (["generate", "--prompt", "x", "--model", "{d}/model.safetensors", "--out", "{d}/out"], {"model.safetensors": SAFETENSORS_BAD}, "model.safetensors"),
+    (
+        ["generate", "--prompt", "x", "--model", "{d}/model.ckpt", "--out", "{d}/out"],
+        {"model.ckpt": CORRUPT_CKPT},
+        "model.ckpt",
+    ),
+    (
+        ["generate", "--prompt", "x", "--model", "{d}/model.safetensors", "--out", "{d}/out"],
+        {"model.safetensors": SAFETENSORS_BAD},
+        "model.safetensors",
+    ),
     (["generate", "--prompt", "x", "--max-weight", "-1", "--out", "{d}/out"], {}, "max_weight"),
-    (["generate", "--prompt", "x", "--feedback-start", "0.9", "--feedback-end", "0.1", "--out", "{d}/out"], {}, "feedback"),
+    (
+        ["generate", "--prompt", "x", "--feedback-start", "0.9", "--feedback-end", "0.1", "--out", "{d}/out"],
+        {},
+        "feedback",
+    ),
 ]
 
 

@@ -20,7 +20,26 @@ def test_generate_writes_images_grid_and_sidecar_that_reproduces_the_run(tmp_pat
     liked = tmp_path / "liked.png"
     solid_images["red"].save(liked)
     out = tmp_path / "run1"
-    code, _, err = run(["generate", "--prompt", "a red circle", "--liked", str(liked), "--steps", "3", "--n-images", "2", "--seed", "4", "--max-weight", "0.7", "--out", str(out)], capsys)
+    code, _, err = run(
+        [
+            "generate",
+            "--prompt",
+            "a red circle",
+            "--liked",
+            str(liked),
+            "--steps",
+            "3",
+            "--n-images",
+            "2",
+            "--seed",
+            "4",
+            "--max-weight",
+            "0.7",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["fabric.json", "grid.png", "image_00.png", "image_01.png"]
     sidecar = json.loads((out / "fabric.json").read_text())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fabric_opt_cli.app import main
 from fabric.preset import read_preset
+from fabric_opt_cli.app import main
 from optimize.export import parse_a1111
 
 NAME = "clitiny"
@@ -120,14 +120,32 @@ def test_export_formats(ran, common, capsys, tmp_path):
     from PIL import Image
 
     Image.new("RGB", (8, 8), "red").save(liked)
-    code, out, err = run(["export", NAME, "--format", "a1111", "--trial", "0", "--liked", str(liked), "--out", str(tmp_path / "p.txt"), *common], capsys)
+    code, out, err = run(
+        [
+            "export",
+            NAME,
+            "--format",
+            "a1111",
+            "--trial",
+            "0",
+            "--liked",
+            str(liked),
+            "--out",
+            str(tmp_path / "p.txt"),
+            *common,
+        ],
+        capsys,
+    )
     assert code == 0, err
     fields = parse_a1111((tmp_path / "p.txt").read_text())
     assert fields["prompt"] == "a red circle on a blue background"
     assert fields["negative_prompt"] == "lowres, bad anatomy, bad hands, cropped, worst quality"
     assert fields["Steps"] == "3" and fields["fabric_max_weight"] == "0.3"  # trial 0 is the paper's preset
     assert fields["fabric_pos_images"] == [str(liked.resolve())] and fields["fabric_neg_images"] == []
-    assert json.loads((tmp_path / "p.preset.json").read_text()) == {"liked_paths": [str(liked.resolve())], "disliked_paths": []}
+    assert json.loads((tmp_path / "p.preset.json").read_text()) == {
+        "liked_paths": [str(liked.resolve())],
+        "disliked_paths": [],
+    }
     assert "note: schedule converted" in out
 
     code, out, err = run(["export", NAME, "--format", "comfyui", "--out", str(tmp_path / "c.json"), *common], capsys)
@@ -156,7 +174,7 @@ def empty_dir(tmp_path, monkeypatch):
         (["study", "--objective", "nosuch"], "unknown objective 'nosuch'"),
         (["study", "--study", "tiny", "--sampler", "nosuch"], "unknown sampler 'nosuch'"),
         (["study", "--study", "nosuch"], "unknown study 'nosuch'"),
-        (["study"], "pass --objective"),
+        (["study"], r"give an objective .*\(--study\)"),
         (["study", "--study", "tiny", "--storage", "foo://x/y"], "unsupported storage URL scheme"),
         (["study", "--study", "tiny", "--storage", "postgresql://user@host:notaport/db"], "malformed"),
         (["study", "--study", "tiny", "--storage", "mysql://user@host/db"], "driver"),
@@ -167,7 +185,7 @@ def empty_dir(tmp_path, monkeypatch):
         (["study", "--study", "tiny", "--trials", "0"], "trials must be a positive integer"),
         (["study", "--study", "tiny", "--model", "/no/such/model.safetensors"], "checkpoint file not found"),
         (["study", "--study", "target", "--objective-weights", "target=tiny"], "no train prompts"),
-        (["report", "nosuch"], "no study storage"),
+        (["report", "nosuch"], r"no study storage .*\(--storage\)"),
         (["export", "nosuch"], "no study storage"),
         (["export", "nosuch", "--format", "png"], "unknown export format"),
     ],
@@ -188,8 +206,11 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(argv, message, empty_d
     "text, message",
     [
         ("name: broken\nprotocol: {rounds: 2\n", "not valid YAML at line"),
-        ("extends: tiny\nprotocol: {rounds: two}\n", "rounds must be an integer"),
-        ("extends: tiny\nsearch_space: {parameters: {max_weight: {low: 0.9, high: 0.1}}}\n", "low .* must be below high"),
+        ("extends: tiny\nprotocol: {rounds: two}\n", "rounds must be a positive integer"),
+        (
+            "extends: tiny\nsearch_space: {parameters: {max_weight: {low: 0.9, high: 0.1}}}\n",
+            "low .* must be below high",
+        ),
         ("extends: tiny\nwhat: 1\n", "unknown key"),
         ("extends: tiny\nprompts: {train: empty.txt}\n", "has no prompts"),
         ("extends: tiny\nprompts: {train: missing.txt}\n", "prompt file not found"),
@@ -201,7 +222,9 @@ def test_bad_study_file_is_one_line_exit_2_and_creates_nothing(text, message, em
     (empty_dir / "study.yaml").write_text(text)
     (empty_dir / "empty.txt").write_text("\n  \n")
     before = _files(empty_dir)
-    code, out, err = run(["study", "--study", "study.yaml", "--runs-dir", "runs", "--tracking-uri", "sqlite:///mlflow.db"], capsys)
+    code, out, err = run(
+        ["study", "--study", "study.yaml", "--runs-dir", "runs", "--tracking-uri", "sqlite:///mlflow.db"], capsys
+    )
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(message, lines[0]), err
@@ -218,7 +241,7 @@ def test_unknown_study_name_for_report_and_export(ran, common, capsys):
     before = _files(ran)
     for command in (["report", "nosuch"], ["export", "nosuch", "--format", "a1111"]):
         code, _, err = run([*command, *common], capsys)
-        assert code == 2 and f"no study named 'nosuch'" in err and NAME in err
+        assert code == 2 and "no study named 'nosuch'" in err and NAME in err
     code, _, err = run(["export", NAME, "--trial", "99", *common], capsys)
     assert code == 2 and "has no trial 99" in err
     assert _files(ran) == before
@@ -234,7 +257,8 @@ def test_study_modules_import_no_heavy_library():
     import sys
 
     code = (
-        "import sys, fabric_opt_cli.study, optimize.study, optimize.tracking, optimize.export, optimize.report, studies\n"
+        "import sys, fabric_opt_cli.study, optimize.study, optimize.tracking, optimize.export, optimize.report, "
+        "studies\n"
         "print(sorted(m for m in ('mlflow', 'optuna', 'torch', 'matplotlib', 'botorch') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

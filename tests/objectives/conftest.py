@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 BUILTIN = ("aesthetic", "clipscore", "diversity", "hps", "hpsv2", "hpsv21", "pickscore", "target")
 # solid colours: random-weight CLIPs map noise images to near-identical features, colours apart
 COLOURS = ((220, 30, 30), (30, 200, 40), (30, 40, 220), (230, 220, 30), (240, 240, 240))
-
-
-def shared_root() -> Path:
-    """``../shared`` beside the project, or ``$FABRIC_OPT_SHARED_DIR``."""
-    env = os.environ.get("FABRIC_OPT_SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / ".." / "shared"
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    root = shared_root()
-    if not root.is_dir():
-        pytest.skip(f"shared reference data not found at {root}")
-    return root
 
 
 def draw_scene(width: int = 320, height: int = 200):

@@ -10,8 +10,8 @@ from objectives.aesthetic import MLPHead, load_head
 
 
 @pytest.fixture(scope="module")
-def aesthetic_fixtures(shared_data):
-    root = shared_data / "fixtures" / "aesthetic"
+def aesthetic_fixtures(shared_dir):
+    root = shared_dir / "fixtures" / "aesthetic"
     if not (root / "vit_l_14_embeddings").is_dir():
         pytest.skip(f"aesthetic fixtures not found under {root}")
     return root
@@ -28,7 +28,9 @@ def mean_scores(head: torch.nn.Module, root) -> list[float]:
     return means
 
 
-@pytest.mark.parametrize(("kind", "file"), [("mlp", "sac+logos+ava1-l14-linearMSE.pth"), ("linear", "sa_0_4_vit_l_14_linear.pth")])
+@pytest.mark.parametrize(
+    ("kind", "file"), [("mlp", "sac+logos+ava1-l14-linearMSE.pth"), ("linear", "sa_0_4_vit_l_14_linear.pth")]
+)
 def test_published_heads_rank_rated_embeddings_in_order(aesthetic_fixtures, kind, file):
     # the folder form: the head's published file name is found inside it
     head = load_head(str(aesthetic_fixtures), kind)

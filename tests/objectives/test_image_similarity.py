@@ -15,10 +15,14 @@ def test_diversity_scores_average_to_fabrics_pairwise_metric(tiny, colour_images
     objective = tiny("diversity")
     scores = objective.score(colour_images, "")
     embeddings = objective.encoder.embed_images(colour_images)
-    pairs = [100 * float(embeddings[i] @ embeddings[j]) for i, j in itertools.combinations(range(len(colour_images)), 2)]
+    pairs = [
+        100 * float(embeddings[i] @ embeddings[j]) for i, j in itertools.combinations(range(len(colour_images)), 2)
+    ]
     assert scores.mean().item() == pytest.approx(sum(pairs) / len(pairs), rel=1e-5)
     # per image: mean similarity to the others
-    assert scores[0].item() == pytest.approx(sum(100 * float(embeddings[0] @ embeddings[j]) for j in range(1, 5)) / 4, rel=1e-5)
+    assert scores[0].item() == pytest.approx(
+        sum(100 * float(embeddings[0] @ embeddings[j]) for j in range(1, 5)) / 4, rel=1e-5
+    )
 
 
 def test_diversity_falls_when_a_batch_gets_more_varied(tiny, colour_images):
@@ -45,7 +49,10 @@ def test_with_target_shares_the_encoder_and_only_embeds_the_target(tiny, colour_
     assert a.encoder is base.encoder is b.encoder
     assert b.target_embeddings.shape[0] == 2
     # several targets: the mean similarity over targets
-    expected = (tiny("target", target=colour_images[2]).score(colour_images, "") + tiny("target", target=colour_images[3]).score(colour_images, "")) / 2
+    expected = (
+        tiny("target", target=colour_images[2]).score(colour_images, "")
+        + tiny("target", target=colour_images[3]).score(colour_images, "")
+    ) / 2
     assert torch.allclose(b.score(colour_images, ""), expected, atol=1e-4)
 
 

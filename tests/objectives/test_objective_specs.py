@@ -16,7 +16,10 @@ def test_spec_grammar():
     assert parse_spec("pickscore") == [[(1.0, "pickscore")]]
     assert parse_spec(" pickscore + 0.5*aesthetic ") == [[(1.0, "pickscore"), (0.5, "aesthetic")]]
     assert parse_spec("-2*diversity+HPSv2.1") == [[(-2.0, "diversity"), (1.0, "hpsv21")]]
-    assert parse_spec("pickscore-1e-1*diversity,aesthetic") == [[(1.0, "pickscore"), (-0.1, "diversity")], [(1.0, "aesthetic")]]
+    assert parse_spec("pickscore-1e-1*diversity,aesthetic") == [
+        [(1.0, "pickscore"), (-0.1, "diversity")],
+        [(1.0, "aesthetic")],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -43,7 +46,9 @@ def test_a_plain_name_gives_the_objective_itself():
 
 
 def test_weighted_sum_standardises_orients_and_adds(colour_images):
-    objective = objectives.parse_objective("pickscore+0.5*aesthetic-2*diversity", weights={"pickscore": "tiny", "aesthetic": "tiny", "diversity": "tiny"})
+    objective = objectives.parse_objective(
+        "pickscore+0.5*aesthetic-2*diversity", weights={"pickscore": "tiny", "aesthetic": "tiny", "diversity": "tiny"}
+    )
     assert isinstance(objective, CompositeObjective)
     assert objective.direction == "maximize" and objective.name == "pickscore+0.5*aesthetic-2*diversity"
     raw = objective.term_scores(colour_images, PROMPT)
@@ -54,12 +59,16 @@ def test_weighted_sum_standardises_orients_and_adds(colour_images):
         + 2.0 * (raw[2] - div.typical[0]) / div.typical[1]  # minimize term, negative weight: counted up
     )
     assert torch.allclose(objective.score(colour_images, PROMPT), expected, atol=1e-5)
-    unnormalised = objectives.parse_objective("pickscore+0.5*aesthetic", weights={"pickscore": "tiny", "aesthetic": "tiny"}, normalize=False)
+    unnormalised = objectives.parse_objective(
+        "pickscore+0.5*aesthetic", weights={"pickscore": "tiny", "aesthetic": "tiny"}, normalize=False
+    )
     assert torch.allclose(unnormalised.score(colour_images, PROMPT), raw[0] + 0.5 * raw[1], atol=1e-5)
 
 
 def test_tuple_is_a_pareto_problem(colour_images):
-    multi = objectives.parse_objective("pickscore,diversity", weights={"pickscore": "tiny", "diversity": "tiny"}, batch_size=2)
+    multi = objectives.parse_objective(
+        "pickscore,diversity", weights={"pickscore": "tiny", "diversity": "tiny"}, batch_size=2
+    )
     assert isinstance(multi, MultiObjective)
     assert multi.directions == ("maximize", "minimize") and multi.names == ("pickscore", "diversity")
     scores = multi.score(colour_images, PROMPT)
@@ -79,12 +88,18 @@ def test_weights_table_routes_component_keys_and_ignores_unused_names(offline, c
 
 
 def test_per_objective_options(colour_images):
-    objective = objectives.parse_objective("aesthetic+clipscore", weights={"aesthetic": "tiny", "clipscore": "tiny"}, options={"aesthetic": {"head": "linear"}})
+    objective = objectives.parse_objective(
+        "aesthetic+clipscore",
+        weights={"aesthetic": "tiny", "clipscore": "tiny"},
+        options={"aesthetic": {"head": "linear"}},
+    )
     assert isinstance(objective.terms[0][1].head, torch.nn.Linear)
 
 
 def test_check_available_takes_whole_specs(offline):
-    objectives.check_available("pickscore+0.5*aesthetic,diversity", weights={"pickscore": "tiny", "aesthetic": "tiny", "diversity": "tiny"})
+    objectives.check_available(
+        "pickscore+0.5*aesthetic,diversity", weights={"pickscore": "tiny", "aesthetic": "tiny", "diversity": "tiny"}
+    )
     with pytest.raises(WeightsNotFoundError, match="^diversity: "):
         objectives.check_available("pickscore,diversity", weights={"pickscore": "tiny"})
 
@@ -96,5 +111,7 @@ def test_targets_reach_the_terms_that_take_them(colour_images):
     toward_red, toward_blue = objective.with_target(red), objective.with_target(blue)
     assert toward_red.terms[1][1] is objective.terms[1][1]  # untouched term shared
     assert toward_red.score([red], PROMPT) > toward_blue.score([red], PROMPT)
-    multi = objectives.parse_objective("target,diversity", weights={"target": "tiny", "diversity": "tiny"}).with_target(red)
+    multi = objectives.parse_objective("target,diversity", weights={"target": "tiny", "diversity": "tiny"}).with_target(
+        red
+    )
     assert multi.objectives[0].target_embeddings is not None

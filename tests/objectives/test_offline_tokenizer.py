@@ -11,8 +11,8 @@ from objectives.clip import EOS_ID, HFClipBackbone, OpenClipBackbone
 
 
 @pytest.fixture(scope="module")
-def prompthero(shared_data):
-    path = shared_data / "data" / "prompthero_prompts.csv"
+def prompthero(shared_dir):
+    path = shared_dir / "data" / "prompthero_prompts.csv"
     if not path.is_file():
         pytest.skip(f"{path} not found")
     with path.open(newline="", encoding="utf-8") as f:

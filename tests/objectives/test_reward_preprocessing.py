@@ -8,7 +8,17 @@ import torch
 from PIL import Image
 
 from fabric.errors import InvalidParameterError
-from objectives.preprocess import IMAGENET_MEAN, IMAGENET_STD, OPENAI_MEAN, OPENAI_STD, ImagePreprocess, dino, hps_v2, openai_clip, pickscore
+from objectives.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    OPENAI_MEAN,
+    OPENAI_STD,
+    ImagePreprocess,
+    dino,
+    hps_v2,
+    openai_clip,
+    pickscore,
+)
 
 # landscape, portrait, and odd sizes whose crop margins are odd (where rounding conventions differ)
 SIZES = ((320, 200), (200, 320), (304, 203), (203, 301))
@@ -26,7 +36,9 @@ def test_mean_and_std_are_the_published_constants():
     assert torch.allclose(x[:, 5, 5], expected, atol=1e-6)
     assert OPENAI_MEAN == (0.48145466, 0.4578275, 0.40821073) and OPENAI_STD == (0.26862954, 0.26130258, 0.27577711)
     y = dino(32)([Image.new("RGB", (40, 40), colour)])[0]
-    assert torch.allclose(y[:, 5, 5], (torch.tensor(colour) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD), atol=1e-6)
+    assert torch.allclose(
+        y[:, 5, 5], (torch.tensor(colour) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD), atol=1e-6
+    )
 
 
 def test_shortest_edge_resize_then_centre_crop_drops_the_edges(scene):
@@ -120,7 +132,8 @@ def test_rgba_and_greyscale_inputs_become_rgb():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(size=0), dict(resize="middle"), dict(interpolation="nearest"), dict(std=(1.0, 0.0, 1.0)), dict(fill=300)]
+    "kwargs",
+    [dict(size=0), dict(resize="middle"), dict(interpolation="nearest"), dict(std=(1.0, 0.0, 1.0)), dict(fill=300)],
 )
 def test_invalid_recipes_are_rejected(kwargs):
     with pytest.raises(InvalidParameterError):
@@ -129,7 +142,13 @@ def test_invalid_recipes_are_rejected(kwargs):
 
 @pytest.mark.parametrize(
     ("name", "recipe"),
-    [("pickscore", pickscore), ("hps", openai_clip), ("clipscore", openai_clip), ("aesthetic", openai_clip), ("hpsv2", hps_v2)],
+    [
+        ("pickscore", pickscore),
+        ("hps", openai_clip),
+        ("clipscore", openai_clip),
+        ("aesthetic", openai_clip),
+        ("hpsv2", hps_v2),
+    ],
 )
 def test_each_objective_uses_its_reference_recipe(tiny, name, recipe):
     objective = tiny(name)

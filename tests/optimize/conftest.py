@@ -10,8 +10,9 @@ and the prompt, and is pulled towards the mean colour of the liked images by
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import pytest
 import torch
@@ -54,8 +55,13 @@ class ColourGenerator:
         if params.max_references is not None:
             liked = liked[-params.max_references :]
         self.calls.append(
-            {"prompt": prompt, "params": params, "seeds": seeds, "liked": [im.getpixel((0, 0)) for im in liked],
-             "disliked": [im.getpixel((0, 0)) for im in disliked]}
+            {
+                "prompt": prompt,
+                "params": params,
+                "seeds": seeds,
+                "liked": [im.getpixel((0, 0)) for im in liked],
+                "disliked": [im.getpixel((0, 0)) for im in disliked],
+            }
         )
         pull = params.max_weight * (1.0 - params.feedback_start) if liked else 0.0
         if liked:
@@ -75,10 +81,14 @@ class BatchingColourGenerator(ColourGenerator):
 
     batches: list[list[str]] = field(default_factory=list)
 
-    def generate_many(self, requests, params: FabricParams = FabricParams(), height=None, width=None) -> list[list[Image.Image]]:
+    def generate_many(
+        self, requests, params: FabricParams = FabricParams(), height=None, width=None
+    ) -> list[list[Image.Image]]:
         self.batches.append([r.prompt for r in requests])
         return [
-            self.generate(r.prompt, r.negative_prompt, r.liked, r.disliked, params, len(r.seeds), list(r.seeds), height, width)
+            self.generate(
+                r.prompt, r.negative_prompt, r.liked, r.disliked, params, len(r.seeds), list(r.seeds), height, width
+            )
             for r in requests
         ]
 
@@ -99,7 +109,7 @@ class ChannelObjective(RewardModel):
             return -torch.linalg.vector_norm(pixels - torch.tensor(self.target, dtype=torch.float32), dim=-1)
         return pixels[:, self.channel] / 2.55
 
-    def with_target(self, image: Image.Image) -> "ChannelObjective":
+    def with_target(self, image: Image.Image) -> ChannelObjective:
         return ChannelObjective(self.channel, f"{self.name}-target", self.direction, image.getpixel((0, 0)))
 
 
@@ -140,6 +150,9 @@ def standins():
     import types
 
     return types.SimpleNamespace(
-        ColourGenerator=ColourGenerator, BatchingColourGenerator=BatchingColourGenerator, ChannelObjective=ChannelObjective,
-        NaNObjective=NaNObjective, MultiObjective=MultiObjective,
+        ColourGenerator=ColourGenerator,
+        BatchingColourGenerator=BatchingColourGenerator,
+        ChannelObjective=ChannelObjective,
+        NaNObjective=NaNObjective,
+        MultiObjective=MultiObjective,
     )

@@ -38,14 +38,18 @@ def test_formats_are_registered():
         export_params(TUNED, "png")
 
 
-@pytest.mark.parametrize("params", [TUNED, FabricParams(), FabricParams.a1111(), FabricParams(max_references=None, prompt_dropout=0.49999)])
+@pytest.mark.parametrize(
+    "params", [TUNED, FabricParams(), FabricParams.a1111(), FabricParams(max_references=None, prompt_dropout=0.49999)]
+)
 def test_json_round_trips_exactly(params, tmp_path):
     exported = export_params(params, "json", CONTEXT)
     [path] = exported.write(tmp_path / "preset.json")
     assert load_params(path) == params
     assert FabricParams.from_dict(json.loads(exported.content)["params"]) == params
     document = read_preset(path)
-    assert document["prompt"] == CONTEXT.prompt and document["seed"] == 1234 and document["liked"] == list(CONTEXT.liked)
+    assert (
+        document["prompt"] == CONTEXT.prompt and document["seed"] == 1234 and document["liked"] == list(CONTEXT.liked)
+    )
     assert document["source"] == {"study": "s", "trial": 7} and exported.notes == ()
 
 
@@ -59,13 +63,19 @@ def test_a1111_text_parses_back(tmp_path):
     start, end, min_w, max_w, _ = a1111_schedule(TUNED)
     assert fields["Steps"] == "23" and fields["Seed"] == "1234" and fields["CFG scale"] == "7.25"
     assert float(fields["fabric_start"]) == start and float(fields["fabric_end"]) == end
-    assert float(fields["fabric_min_weight"]) == TUNED.min_weight and float(fields["fabric_max_weight"]) == TUNED.max_weight
+    assert (
+        float(fields["fabric_min_weight"]) == TUNED.min_weight
+        and float(fields["fabric_max_weight"]) == TUNED.max_weight
+    )
     assert float(fields["fabric_neg_scale"]) == TUNED.neg_scale
     assert fields["fabric_pos_images"] == list(CONTEXT.liked) and fields["fabric_neg_images"] == list(CONTEXT.disliked)
     # the extension's own preset file
     main, preset = exported.write(tmp_path / "fox.a1111.txt")
     assert preset.name == "fox.a1111.preset.json"
-    assert json.loads(preset.read_text()) == {"liked_paths": list(CONTEXT.liked), "disliked_paths": list(CONTEXT.disliked)}
+    assert json.loads(preset.read_text()) == {
+        "liked_paths": list(CONTEXT.liked),
+        "disliked_paths": list(CONTEXT.disliked),
+    }
     assert main.read_text() == exported.content
 
 
@@ -79,7 +89,9 @@ def _a1111_active(n: int, start: float, end: float) -> list[int]:
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 10, 20, 30, 50])
-@pytest.mark.parametrize("start, end", [(0.0, 0.8), (0.0, 1.0), (0.1, 0.5), (0.25, 0.75), (0.5, 0.5), (0.33, 0.66), (0.0, 0.0), (0.96, 1.0)])
+@pytest.mark.parametrize(
+    "start, end", [(0.0, 0.8), (0.0, 1.0), (0.1, 0.5), (0.25, 0.75), (0.5, 0.5), (0.33, 0.66), (0.0, 0.0), (0.96, 1.0)]
+)
 def test_a1111_schedule_keeps_the_same_steps_active(steps, start, end):
     params = FabricParams(feedback_start=start, feedback_end=end, min_weight=0.1, max_weight=0.9, steps=steps)
     a_start, a_end, min_w, max_w, _ = a1111_schedule(params)
@@ -116,7 +128,19 @@ def test_comfyui_design_example_and_absolute_weights():
         "seed": 0, "steps": 20, "cfg": 6.0, "sampler_name": "euler_ancestral", "scheduler": "normal", "denoise": 1.0,
         "pos_weight": 0.8, "neg_weight": 0.4, "feedback_start": 0, "feedback_end": 17,
     }  # fmt: skip
-    assert nodes["KSamplerFABRICAdv"]["widgets_values"] == [0, "fixed", 20, 6.0, "euler_ancestral", "normal", 1.0, 0.8, 0.4, 0, 17]
+    assert nodes["KSamplerFABRICAdv"]["widgets_values"] == [
+        0,
+        "fixed",
+        20,
+        6.0,
+        "euler_ancestral",
+        "normal",
+        1.0,
+        0.8,
+        0.4,
+        0,
+        17,
+    ]
     assert nodes["FABRICPatchModel"]["inputs"] == {"pos_weight": 0.8, "neg_weight": 0.4}
 
 

@@ -21,7 +21,11 @@ def test_builtin_lists():
 
 def test_txt_one_prompt_per_line_verbatim(tmp_path):
     (tmp_path / "p.txt").write_text("# a prompt may start with a hash\n\n  a cat  \na dog, oil painting\n")
-    assert load_prompts("p.txt", base_dir=tmp_path).prompts == ("# a prompt may start with a hash", "a cat", "a dog, oil painting")
+    assert load_prompts("p.txt", base_dir=tmp_path).prompts == (
+        "# a prompt may start with a hash",
+        "a cat",
+        "a dog, oil painting",
+    )
 
 
 def test_csv_columns_and_images(tmp_path):
@@ -59,10 +63,14 @@ def test_selection_offset_limit_and_seeded_sample():
     rows = [f"p{i}" for i in range(20)]
     assert load_prompts({"list": rows, "offset": 5, "limit": 3}).prompts == ("p5", "p6", "p7")
     a = load_prompts({"list": rows, "sample": 4, "seed": 1}).prompts
-    assert a == load_prompts({"list": rows, "sample": 4, "seed": 1}).prompts != load_prompts({"list": rows, "sample": 4, "seed": 2}).prompts
+    assert (
+        a
+        == load_prompts({"list": rows, "sample": 4, "seed": 1}).prompts
+        != load_prompts({"list": rows, "sample": 4, "seed": 2}).prompts
+    )
     assert list(a) == sorted(a, key=rows.index)  # source order kept
     for bad, message in (
-        ({"list": rows, "limit": 0}, "limit must be an integer >= 1"),
+        ({"list": rows, "limit": 0}, "limit must be a positive integer"),
         ({"list": rows, "limit": 2, "sample": 2}, "not both"),
         ({"list": rows, "offset": 20}, "skips all 20"),
         ({"list": rows, "sample": 21}, "cannot sample 21"),

@@ -12,11 +12,12 @@ from fabric.params import FabricParams
 from optimize.protocol import NonFiniteScoreError, Protocol, TrialEvaluator, choose_feedback, evaluate, image_seed
 from optimize.space import FloatParam, SearchSpace
 
-
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 PROMPTS = ("a red fox", "a blue car", "a green hill")
-SPACE = SearchSpace((FloatParam("max_weight", 0.0, 1.0), FloatParam("feedback_start", 0.0, 0.5)), base=FabricParams(steps=2))
+SPACE = SearchSpace(
+    (FloatParam("max_weight", 0.0, 1.0), FloatParam("feedback_start", 0.0, 0.5)), base=FabricParams(steps=2)
+)
 
 
 def make(generator, objective, **protocol) -> TrialEvaluator:
@@ -49,7 +50,9 @@ def test_common_random_numbers(standins, generator, red):
     baseline_calls = [c for c in generator.calls if c["params"] != params]
     assert [c["seeds"] for c in trial_calls] == [c["seeds"] for c in baseline_calls]
     assert len({tuple(s) for s in seeds}) == 9  # 3 prompts x 3 rounds
-    assert image_seed(0, "train", 0, 1, 2, 3) == image_seed(0, "train", 0, 1, 2, 3) != image_seed(1, "train", 0, 1, 2, 3)
+    assert (
+        image_seed(0, "train", 0, 1, 2, 3) == image_seed(0, "train", 0, 1, 2, 3) != image_seed(1, "train", 0, 1, 2, 3)
+    )
 
 
 def test_baseline_is_computed_once_and_cached_on_disk(standins, generator, red, tmp_path):
@@ -122,8 +125,10 @@ def test_feedback_model_can_differ_from_the_scored_objective(standins, generator
     evaluator = TrialEvaluator(generator, red, Protocol(PROMPTS[:1], value="final"), SPACE, feedback_objective=blue)
     evaluator.evaluate(FabricParams(max_weight=0.5, steps=2))
     liked = generator.calls[1]["liked"][0]
-    first_round = [standins.ColourGenerator().generate(PROMPTS[0], seed=s, n_images=1)[0].getpixel((0, 0))
-                   for s in generator.calls[0]["seeds"]]
+    first_round = [
+        standins.ColourGenerator().generate(PROMPTS[0], seed=s, n_images=1)[0].getpixel((0, 0))
+        for s in generator.calls[0]["seeds"]
+    ]
     assert liked == max(first_round, key=lambda c: c[2])  # the bluest, not the reddest
     assert generator.calls[1]["disliked"][0] == min(first_round, key=lambda c: c[2])
 
@@ -133,8 +138,10 @@ def test_target_feedback_likes_the_image_closest_to_the_target(standins, generat
     protocol = Protocol(PROMPTS[:1], feedback="target", targets=(target,), value="final")
     evaluator = TrialEvaluator(generator, red.with_target(target), protocol, SPACE)
     result = evaluator.evaluate(FabricParams(max_weight=0.5, steps=2))
-    first_round = [standins.ColourGenerator().generate(PROMPTS[0], seed=s, n_images=1)[0].getpixel((0, 0))
-                   for s in generator.calls[0]["seeds"]]
+    first_round = [
+        standins.ColourGenerator().generate(PROMPTS[0], seed=s, n_images=1)[0].getpixel((0, 0))
+        for s in generator.calls[0]["seeds"]
+    ]
     distance = lambda c: sum((a - b) ** 2 for a, b in zip(c, (0, 255, 0)))  # noqa: E731
     assert generator.calls[1]["liked"][0] == min(first_round, key=distance)
     assert result.value <= 0  # scored as (negative) distance to the target
@@ -175,7 +182,11 @@ def test_multi_objective_returns_a_tuple(standins, generator, red, blue):
 def test_on_round_sees_every_round_and_metrics_are_recorded(generator, red, blue):
     seen = []
     evaluator = TrialEvaluator(
-        generator, red, Protocol(PROMPTS[:2]), SPACE, metrics={"blueness": blue},
+        generator,
+        red,
+        Protocol(PROMPTS[:2]),
+        SPACE,
+        metrics={"blueness": blue},
         on_round=lambda p, r, images, scores: seen.append((p, r, len(images), list(scores))),
     )
     result = evaluator.evaluate(FabricParams(max_weight=0.3, steps=2))
@@ -194,13 +205,13 @@ def test_evaluate_function(generator, red):
     [
         ({"prompts": ()}, "at least one prompt"),
         ({"prompts": ("a", "")}, "non-empty strings"),
-        ({"prompts": ("a",), "rounds": 0}, "rounds must be >= 1"),
+        ({"prompts": ("a",), "rounds": 0}, "rounds must be a positive integer"),
         ({"prompts": ("a",), "n_images": 1}, "n_images must be >= 2"),
         ({"prompts": ("a",), "value": "best"}, "value must be"),
         ({"prompts": ("a",), "temperature": -1.0}, "temperature must be finite and >= 0"),
         ({"prompts": ("a",), "feedback": "human"}, "feedback must be"),
-        ({"prompts": ("a",), "prompt_batch": 0}, "prompt_batch must be >= 1"),
-        ({"prompts": ("a",), "prompt_batch": 2.0}, "prompt_batch must be an integer"),
+        ({"prompts": ("a",), "prompt_batch": 0}, "prompt_batch must be a positive integer"),
+        ({"prompts": ("a",), "prompt_batch": 2.0}, "prompt_batch must be a positive integer"),
     ],
 )
 def test_protocol_validation(kwargs, message):

@@ -18,7 +18,9 @@ SPACE = SearchSpace((FloatParam("max_weight", 0.0, 1.0),), base=FabricParams(ste
 def study_with(points: list[tuple[float, float]], direction: str = "maximize") -> optuna.Study:
     study = optuna.create_study(direction=direction)
     dist = {"max_weight": FloatDistribution(0.0, 1.0)}
-    study.add_trials([optuna.trial.create_trial(params={"max_weight": x}, distributions=dist, value=v) for x, v in points])
+    study.add_trials(
+        [optuna.trial.create_trial(params={"max_weight": x}, distributions=dist, value=v) for x, v in points]
+    )
     return study
 
 

@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from objectives.base import RewardModel
+from optimize.config import load_study_config
 from optimize.study import Components, StorageSpec, run_study
 from optimize.tracking import NullTracker
 from optimize.workers import ERROR_ATTR, FAIL_REASON_ATTR, WORKER_ATTR, error_line, pid_alive, recover_dead_trials
-from optimize.config import load_study_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -90,14 +90,23 @@ def _states(study) -> list[str]:
     "fault, expected",
     [
         (RuntimeError("prompt 'b' broke the text encoder"), "RuntimeError: prompt 'b' broke the text encoder"),
-        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+            "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
+        ),
         (ValueError("line one\nline two"), "ValueError: line one"),
     ],
     ids=["exception-in-one-prompt", "cuda-oom", "multi-line-message"],
 )
 def test_a_trial_that_raises_fails_alone_and_the_study_goes_on(standins, red, fault, expected, tmp_path):
     generator = _faulty_generator(standins, fault, at_call=CALLS_PER_TRIAL + 1)  # trial 1, prompt 'b'
-    out = run_study(_config(), storage=tmp_path / "s.journal", runs_dir=tmp_path, components=Components(generator, red), export=False)
+    out = run_study(
+        _config(),
+        storage=tmp_path / "s.journal",
+        runs_dir=tmp_path,
+        components=Components(generator, red),
+        export=False,
+    )
     assert _states(out.study) == ["COMPLETE", "FAIL", "COMPLETE"]
     failed = out.study.trials[1]
     assert failed.user_attrs[ERROR_ATTR] == expected and failed.system_attrs[FAIL_REASON_ATTR] == expected
@@ -110,20 +119,35 @@ def test_non_finite_rewards_fail_the_trial_and_never_reach_the_gp(standins, valu
     from optimize.samplers.botorch import BoTorchSampler
 
     objective = _FaultyObjective(standins, range(CALLS_PER_TRIAL, CALLS_PER_TRIAL + 1), value)  # trial 1, first round
-    out = run_study(_config(), storage=tmp_path / "s.journal", runs_dir=tmp_path, components=Components(standins.ColourGenerator(), objective), export=False)
+    out = run_study(
+        _config(),
+        storage=tmp_path / "s.journal",
+        runs_dir=tmp_path,
+        components=Components(standins.ColourGenerator(), objective),
+        export=False,
+    )
     assert _states(out.study) == ["COMPLETE", "FAIL", "COMPLETE"]
     assert "NonFiniteScoreError" in out.study.trials[1].user_attrs[ERROR_ATTR]
     # what the GP would be fitted on for a next trial: the two complete trials only, all finite
     config = out.config
     sampler = BoTorchSampler(search_space=config.space.distributions(), seed=0)
     nxt = out.study.ask()
-    observed, values, pending = sampler._collect(out.study, out.study._storage.get_trial(nxt._trial_id), config.space.distributions())
+    observed, values, pending = sampler._collect(
+        out.study, out.study._storage.get_trial(nxt._trial_id), config.space.distributions()
+    )
     assert len(observed) == 2 and all(math.isfinite(v) for row in values for v in row) and pending == []
     assert observed[0] == {k: out.study.trials[0].params[k] for k in config.space.distributions()}
 
 
 def test_a_full_disk_while_writing_images_fails_the_trial_not_the_study(standins, red, tmp_path):
-    out = run_study(_config(), storage=tmp_path / "s.journal", tracker=_FullDiskTracker(), runs_dir=tmp_path, components=Components(standins.ColourGenerator(), red), export=False)
+    out = run_study(
+        _config(),
+        storage=tmp_path / "s.journal",
+        tracker=_FullDiskTracker(),
+        runs_dir=tmp_path,
+        components=Components(standins.ColourGenerator(), red),
+        export=False,
+    )
     assert _states(out.study) == ["COMPLETE", "FAIL", "COMPLETE"]
     assert out.study.trials[1].user_attrs[ERROR_ATTR].startswith("OSError: [Errno 28] No space left on device")
 
@@ -131,7 +155,13 @@ def test_a_full_disk_while_writing_images_fails_the_trial_not_the_study(standins
 def test_keyboard_interrupt_stops_the_study(standins, red, tmp_path):
     generator = _faulty_generator(standins, KeyboardInterrupt(), at_call=1)
     with pytest.raises(KeyboardInterrupt):
-        run_study(_config(), storage=tmp_path / "s.journal", runs_dir=tmp_path, components=Components(generator, red), export=False)
+        run_study(
+            _config(),
+            storage=tmp_path / "s.journal",
+            runs_dir=tmp_path,
+            components=Components(generator, red),
+            export=False,
+        )
     study = optuna.load_study(study_name="tiny", storage=StorageSpec.parse(tmp_path / "s.journal").open())
     assert len(study.trials) == 1  # no next trial was started
 
@@ -143,7 +173,15 @@ def test_failed_trials_of_one_study_with_mlflow_are_closed_failed(standins, red,
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     generator = _faulty_generator(standins, RuntimeError("boom"), at_call=CALLS_PER_TRIAL)
-    run_study(_config(trials=2), name="mlf", storage=tmp_path / "s.journal", tracker=MlflowTracker(uri), runs_dir=tmp_path, components=Components(generator, red), export=False)
+    run_study(
+        _config(trials=2),
+        name="mlf",
+        storage=tmp_path / "s.journal",
+        tracker=MlflowTracker(uri),
+        runs_dir=tmp_path,
+        components=Components(generator, red),
+        export=False,
+    )
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("mlf").experiment_id])
     children = {r.data.tags["trial_number"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
@@ -170,7 +208,11 @@ def test_recovery_fails_and_requeues_only_dead_workers_trials(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     host = os.uname().nodename
-    owners = [{"host": host, "pid": dead.pid}, {"host": host, "pid": os.getpid()}, {"host": "elsewhere", "pid": dead.pid}]
+    owners = [
+        {"host": host, "pid": dead.pid},
+        {"host": host, "pid": os.getpid()},
+        {"host": "elsewhere", "pid": dead.pid},
+    ]
     for who in owners:
         trial = study.ask()
         trial.suggest_float("x", 0.0, 1.0)
@@ -178,7 +220,10 @@ def test_recovery_fails_and_requeues_only_dead_workers_trials(tmp_path):
     assert recover_dead_trials(study) == [0]
     assert _states(study) == ["FAIL", "RUNNING", "RUNNING", "WAITING"]
     assert study.trials[0].user_attrs[ERROR_ATTR].startswith("WorkerDied")
-    assert study.trials[3].system_attrs["fixed_params"] == study.trials[0].params and study.trials[3].user_attrs["retry_of"] == 0
+    assert (
+        study.trials[3].system_attrs["fixed_params"] == study.trials[0].params
+        and study.trials[3].user_attrs["retry_of"] == 0
+    )
     assert recover_dead_trials(study) == []  # idempotent
 
 
@@ -200,7 +245,16 @@ trials: 3
 
 
 def _cli(workdir: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "fabric_opt_cli.app", *args, "--runs-dir", str(workdir / "runs"), "--tracking-uri", "none"]
+    return [
+        sys.executable,
+        "-m",
+        "fabric_opt_cli.app",
+        *args,
+        "--runs-dir",
+        str(workdir / "runs"),
+        "--tracking-uri",
+        "none",
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -266,7 +320,9 @@ def _run_workers(tmp_path: Path, storage: str) -> list[subprocess.CompletedProce
     """WORKERS ``fabric-opt worker`` processes started together on one new study."""
     from optimize.study import CONFIG_ATTR, FINGERPRINT_ATTR
 
-    (tmp_path / "study.yaml").write_text(STUDY_YAML.replace("name: crash", "name: many").replace("trials: 3", f"trials: {BUDGET}"))
+    (tmp_path / "study.yaml").write_text(
+        STUDY_YAML.replace("name: crash", "name: many").replace("trials: 3", f"trials: {BUDGET}")
+    )
     # the study as `fabric-opt study` creates it, before its first trial, so that every worker
     # starts from the same point
     config = load_study_config(str(tmp_path / "study.yaml"))
@@ -274,7 +330,14 @@ def _run_workers(tmp_path: Path, storage: str) -> list[subprocess.CompletedProce
     study.set_user_attr(CONFIG_ATTR, config.to_dict())
     study.set_user_attr(FINGERPRINT_ATTR, config.fingerprint())
     procs = [
-        subprocess.Popen(_cli(tmp_path, "worker", "many", "--storage", storage), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            _cli(tmp_path, "worker", "many", "--storage", storage),
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(WORKERS)
     ]
     done = []
@@ -307,10 +370,10 @@ def test_four_workers_share_a_journal_study(tmp_path):
 
 @pytest.mark.slow
 def test_four_workers_share_a_postgresql_study(tmp_path):
-    from servers import start_postgres
-
     import shutil
     import tempfile
+
+    from servers import start_postgres
 
     pg_root = Path(tempfile.mkdtemp(prefix="fabric-pg-"))  # pytest's tmp folders are private to root;
     pg_root.chmod(0o755)  # the server runs as the postgres user when the tests run as root
@@ -356,8 +419,13 @@ def test_tracking_server_stopped_mid_study_warns_once_and_the_study_goes_on(stan
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = run_study(
-                _config(), storage=tmp_path / "s.journal", tracker=MlflowTracker(server.url, health_timeout=2.0), runs_dir=tmp_path,
-                components=Components(standins.ColourGenerator(), red), progress=StopServerAfterFirstTrial(), export=False,
+                _config(),
+                storage=tmp_path / "s.journal",
+                tracker=MlflowTracker(server.url, health_timeout=2.0),
+                runs_dir=tmp_path,
+                components=Components(standins.ColourGenerator(), red),
+                progress=StopServerAfterFirstTrial(),
+                export=False,
             )
     finally:
         server.stop()

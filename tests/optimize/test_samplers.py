@@ -171,8 +171,13 @@ def test_failed_and_pruned_trials_do_not_break_the_gp():
 
 def test_categorical_parameters_are_searched():
     study = optuna.create_study(direction="maximize", sampler=sampler("botorch", n_startup_trials=3))
-    study.optimize(lambda t: {"a": 0.0, "b": 1.0, "c": 0.5}[t.suggest_categorical("c", ["a", "b", "c"])]
-                   + 0.1 * t.suggest_float("x", 0, 1), n_trials=6)
+    study.optimize(
+        lambda t: (
+            {"a": 0.0, "b": 1.0, "c": 0.5}[t.suggest_categorical("c", ["a", "b", "c"])]
+            + 0.1 * t.suggest_float("x", 0, 1)
+        ),
+        n_trials=6,
+    )
     assert {t.params["c"] for t in study.trials} <= {"a", "b", "c"}
     assert [t.params["c"] for t in study.trials[3:]].count("b") >= 2
 
@@ -184,11 +189,20 @@ def test_pruned_trials_enter_the_model_by_their_last_intermediate_value(pruned, 
     study = optuna.create_study(direction="minimize")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
     study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=-0.5))
-    study.add_trial(optuna.trial.create_trial(
-        params={"x": 0.9}, distributions=dist, state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 9.0, 1: 5.0}
-    ))
-    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, state=optuna.trial.TrialState.FAIL))
-    points, values, pending = BoTorchSampler(seed=0, pruned=pruned)._collect(study, study.ask()._cached_frozen_trial, dist)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"x": 0.9},
+            distributions=dist,
+            state=optuna.trial.TrialState.PRUNED,
+            intermediate_values={0: 9.0, 1: 5.0},
+        )
+    )
+    study.add_trial(
+        optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, state=optuna.trial.TrialState.FAIL)
+    )
+    points, values, pending = BoTorchSampler(seed=0, pruned=pruned)._collect(
+        study, study.ask()._cached_frozen_trial, dist
+    )
     assert [v[0] for v in values] == observed  # negated: the model maximises
     assert len(points) == len(observed) and pending == []
 
@@ -203,8 +217,9 @@ def test_botorch_sampler_fits_the_gp_on_cuda():
 @pytest.mark.slow
 def test_botorch_multi_objective_uses_hypervolume():
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler("botorch", n_startup_trials=4))
-    study.optimize(lambda t: (t.suggest_float("x", 0, 1), (t.params["x"] - 0.2) ** 2 + t.suggest_float("y", 0, 1)),
-                   n_trials=6)
+    study.optimize(
+        lambda t: (t.suggest_float("x", 0, 1), (t.params["x"] - 0.2) ** 2 + t.suggest_float("y", 0, 1)), n_trials=6
+    )
     assert len(study.best_trials) >= 1
     assert len({(t.params["x"], t.params["y"]) for t in study.trials}) == 6
 

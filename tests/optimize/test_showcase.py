@@ -23,7 +23,9 @@ def evaluator(generator, red):
 
 def _rows(evaluator, params, feedback):
     kept = {}
-    evaluator.run_prompt(params, 1, feedback=feedback, on_round=lambda p, r, images, scores: kept.setdefault(r, (images, scores)))
+    evaluator.run_prompt(
+        params, 1, feedback=feedback, on_round=lambda p, r, images, scores: kept.setdefault(r, (images, scores))
+    )
     return kept
 
 

@@ -29,8 +29,15 @@ def mixed_space() -> SearchSpace:
 def test_default_space_follows_design():
     space = SearchSpace.default()
     assert space.names == (
-        "feedback_start", "feedback_span", "max_weight", "min_weight_ratio", "neg_scale",
-        "pos_bottleneck_scale", "neg_bottleneck_scale", "max_references", "prompt_dropout",
+        "feedback_start",
+        "feedback_span",
+        "max_weight",
+        "min_weight_ratio",
+        "neg_scale",
+        "pos_bottleneck_scale",
+        "neg_bottleneck_scale",
+        "max_references",
+        "prompt_dropout",
     )
     dists = space.distributions()
     assert dists["pos_bottleneck_scale"] == FloatDistribution(0.0, 2.0)
@@ -155,7 +162,10 @@ def test_from_params_clips_only_on_request():
         (lambda: SearchSpace((FloatParam("prompt_dropout", 0, 1),)), "invalid FABRIC parameters"),
         (lambda: SearchSpace((FloatParam("steps", 1, 30),)), "integer"),
         (lambda: SearchSpace.from_dict({"parameters": {"max_weight": {"low": 0}}}), "missing high"),
-        (lambda: SearchSpace.from_dict({"parameters": {"max_weight": {"low": 0, "high": 1, "scale": 2}}}), "unknown key"),
+        (
+            lambda: SearchSpace.from_dict({"parameters": {"max_weight": {"low": 0, "high": 1, "scale": 2}}}),
+            "unknown key",
+        ),
         (lambda: SearchSpace.from_dict({"parmeters": {}}), "unknown search space key"),
     ],
 )

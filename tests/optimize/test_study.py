@@ -13,15 +13,18 @@ import pytest
 
 from fabric.errors import ConfigError
 from fabric.preset import read_preset
+from optimize.config import load_study_config
 from optimize.study import CONFIG_ATTR, Components, StorageSpec, load_components, open_study, run_study
 from optimize.tracking import PARENT_RUN_ATTR, MlflowTracker, NullTracker, TrackingWarning
-from optimize.config import load_study_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 # The tiny demo study shrunk further: one train and one held-out prompt, 2 rounds x 2 images, 3 steps.
 SMALL = {
-    "prompts": {"train": {"list": ["a red circle on a blue background"]}, "validation": {"list": ["a green circle on a white background"]}},
+    "prompts": {
+        "train": {"list": ["a red circle on a blue background"]},
+        "validation": {"list": ["a green circle on a white background"]},
+    },
     "protocol": {"steps": 3},
     "sampler": {"name": "random"},
     "trials": 2,
@@ -55,7 +58,9 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
     components = load_components(config, generator=tiny_generator)
     storage = StorageSpec.parse(tmp_path / "study.journal")
 
-    out = run_study(config, name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components)
+    out = run_study(
+        config, name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components
+    )
 
     assert out.new_trials == (0, 1) and not out.resumed and out.tracking_failure is None
     client, parents, children = _runs(mlflow_uri, "e2e")
@@ -82,12 +87,26 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
     assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [0, 1]
     assert parent.data.params["rounds"] == "2" and parent.data.params["objective"] == "pickscore"
     artifacts = {a.path for folder in ("plots", "presets") for a in client.list_artifacts(parent.info.run_id, folder)}
-    assert {"plots/history.png", "presets/e2e.json", "presets/e2e.a1111.txt", "presets/e2e.comfyui.json", "presets/e2e.py"} <= artifacts
+    assert {
+        "plots/history.png",
+        "presets/e2e.json",
+        "presets/e2e.a1111.txt",
+        "presets/e2e.comfyui.json",
+        "presets/e2e.py",
+    } <= artifacts
     # the recommendation's JSON preset loads back into the exact parameters
     assert out.presets[0].name == "e2e.json" and read_preset(out.presets[0])["params"] == out.recommendation.params
 
     # Resuming with a larger budget adds one trial under the same parent run
-    more = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components, export=False)
+    more = run_study(
+        config.replace(trials=3),
+        name="e2e",
+        storage=storage,
+        tracker=MlflowTracker(mlflow_uri),
+        runs_dir=tmp_path,
+        components=components,
+        export=False,
+    )
     assert more.resumed and more.new_trials == (2,) and more.parent_run_id == parent.info.run_id
     _, parents, children = _runs(mlflow_uri, "e2e")
     assert len(parents) == 1 and len(children) == 3
@@ -96,12 +115,26 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
     assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [0, 1]
 
     # The budget is spent: running again adds nothing
-    again = run_study(config.replace(trials=3), name="e2e", storage=storage, tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=components, export=False)
+    again = run_study(
+        config.replace(trials=3),
+        name="e2e",
+        storage=storage,
+        tracker=MlflowTracker(mlflow_uri),
+        runs_dir=tmp_path,
+        components=components,
+        export=False,
+    )
     assert again.new_trials == () and len(_runs(mlflow_uri, "e2e")[2]) == 3
 
 
 def _standin_config(**changes):
-    overrides = {**SMALL, "prompts": {"train": {"list": ["a", "b"]}, "validation": {"list": ["c"]}}, "protocol": {"steps": 2, "n_images": 3}, "warm_start": [], "metrics": []}
+    overrides = {
+        **SMALL,
+        "prompts": {"train": {"list": ["a", "b"]}, "validation": {"list": ["c"]}},
+        "protocol": {"steps": 2, "n_images": 3},
+        "warm_start": [],
+        "metrics": [],
+    }
     overrides.update(changes)
     return load_study_config("tiny", overrides)
 
@@ -112,18 +145,27 @@ def test_resume_refuses_changed_settings_and_creates_nothing(standins, generator
     run_study(config, storage=storage, runs_dir=tmp_path, components=Components(generator, red), export=False)
     before = storage.path.read_bytes()
     changed = _standin_config(trials=2, prompts={"train": {"list": ["a", "z"]}})
-    with pytest.raises(ConfigError, match="different prompts.*--name"):
+    with pytest.raises(ConfigError, match="different prompts.*another study name") as error:
         run_study(changed, storage=storage, runs_dir=tmp_path, components=Components(standins.ColourGenerator(), red))
+    assert (error.value.option, error.value.example) == ("name", "NEW")
     assert storage.path.read_bytes() == before  # nothing written to the storage
     # the sampler and the budget may change between runs
-    resumed = run_study(_standin_config(trials=2, sampler={"name": "tpe"}), storage=storage, runs_dir=tmp_path, components=Components(generator, red), export=False)
+    resumed = run_study(
+        _standin_config(trials=2, sampler={"name": "tpe"}),
+        storage=storage,
+        runs_dir=tmp_path,
+        components=Components(generator, red),
+        export=False,
+    )
     assert resumed.resumed and len(resumed.new_trials) == 1
 
 
 def test_stored_config_reopens_the_study(generator, red, tmp_path):
     config = _standin_config(trials=1)
     storage = StorageSpec.parse(tmp_path / "s.journal")
-    run_study(config, name="kept", storage=storage, runs_dir=tmp_path, components=Components(generator, red), export=False)
+    run_study(
+        config, name="kept", storage=storage, runs_dir=tmp_path, components=Components(generator, red), export=False
+    )
     study, stored = open_study("kept", storage)
     assert stored.fingerprint() == config.replace(name="kept").fingerprint()
     assert stored.protocol.prompts == ("a", "b") and study.user_attrs[CONFIG_ATTR]["trials"] == 1
@@ -140,7 +182,13 @@ def test_tracking_failure_warns_once_and_the_study_goes_on(generator, red, tmp_p
     tracker = MlflowTracker(f"http://127.0.0.1:{free_port()}", health_timeout=1.0)  # nothing listens there
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = run_study(_standin_config(trials=2), storage=tmp_path / "s.journal", tracker=tracker, runs_dir=tmp_path, components=Components(generator, red))
+        out = run_study(
+            _standin_config(trials=2),
+            storage=tmp_path / "s.journal",
+            tracker=tracker,
+            runs_dir=tmp_path,
+            components=Components(generator, red),
+        )
     tracking_warnings = [w for w in caught if issubclass(w.category, TrackingWarning)]
     assert len(tracking_warnings) == 1 and "resume" in str(tracking_warnings[0].message)
     assert len(out.new_trials) == 2 and all(t.state.name == "COMPLETE" for t in out.study.trials)
@@ -149,9 +197,18 @@ def test_tracking_failure_warns_once_and_the_study_goes_on(generator, red, tmp_p
 
 
 def test_pareto_study_plots_the_front(standins, generator, red, blue, mlflow_uri, tmp_path):
-    config = _standin_config(objective="pickscore,diversity", trials=4, protocol={"prune": False, "steps": 2, "n_images": 3})
+    config = _standin_config(
+        objective="pickscore,diversity", trials=4, protocol={"prune": False, "steps": 2, "n_images": 3}
+    )
     objective = standins.MultiObjective([red, standins.ChannelObjective(2, "blue", "minimize")])
-    out = run_study(config, name="pareto", storage=tmp_path / "s.journal", tracker=MlflowTracker(mlflow_uri), runs_dir=tmp_path, components=Components(generator, objective))
+    out = run_study(
+        config,
+        name="pareto",
+        storage=tmp_path / "s.journal",
+        tracker=MlflowTracker(mlflow_uri),
+        runs_dir=tmp_path,
+        components=Components(generator, objective),
+    )
     assert [d.name for d in out.study.directions] == ["MAXIMIZE", "MINIMIZE"]
     assert {p.name for p in out.plots} >= {"history.png", "pareto.png"}
     client, parents, children = _runs(mlflow_uri, "pareto")
@@ -162,10 +219,15 @@ def test_pareto_study_plots_the_front(standins, generator, red, blue, mlflow_uri
 
 def test_nan_scores_fail_the_trial_not_the_study(standins, generator, tmp_path):
     tracker = NullTracker()
-    out = run_study(_standin_config(trials=2, protocol={"value": "final", "steps": 2, "n_images": 3}), storage=tmp_path / "s.journal", tracker=tracker, runs_dir=tmp_path, components=Components(generator, standins.NaNObjective()))
+    out = run_study(
+        _standin_config(trials=2, protocol={"value": "final", "steps": 2, "n_images": 3}),
+        storage=tmp_path / "s.journal",
+        tracker=tracker,
+        runs_dir=tmp_path,
+        components=Components(generator, standins.NaNObjective()),
+    )
     assert [t.state.name for t in out.study.trials] == ["FAIL", "FAIL"]
     assert out.recommendation is None and out.presets == ()
-
 
 
 def test_target_image_study_on_the_tiny_model(tiny_generator, tmp_path):
@@ -176,7 +238,8 @@ def test_target_image_study_on_the_tiny_model(tiny_generator, tmp_path):
     (tmp_path / "pairs.csv").write_text("prompt,image\na red circle,red.png\n")
     (tmp_path / "heldout.csv").write_text("prompt,image\na blue square,blue.png\n")
     overrides = {
-        "model": "tiny", "objective_weights": {"target": "tiny"}, "trials": 1, "warm_start": ["paper"], "pruner": "none",
+        "model": "tiny", "objective_weights": {"target": "tiny"}, "trials": 1, "warm_start": ["paper"],
+        "pruner": "none",
         "prompts": {"train": str(tmp_path / "pairs.csv"), "validation": str(tmp_path / "heldout.csv")},
         "protocol": {"rounds": 2, "n_images": 2, "steps": 3}, "sampler": "random",
     }  # fmt: skip
@@ -187,7 +250,10 @@ def test_target_image_study_on_the_tiny_model(tiny_generator, tmp_path):
     assert trial.state.name == "COMPLETE" and set(trial.user_attrs["round_metrics"]) == {"score/target"}
     assert len(trial.user_attrs["round_metrics"]["score/target"]) == 2
     with pytest.raises(ConfigError, match="compares with a target image"):
-        load_components(config.replace(feedback_objective="pickscore", objective_weights={"target": "tiny", "pickscore": "tiny"}), generator=tiny_generator)
+        load_components(
+            config.replace(feedback_objective="pickscore", objective_weights={"target": "tiny", "pickscore": "tiny"}),
+            generator=tiny_generator,
+        )
 
 
 def test_the_token_cache_bound_reaches_the_study_generator():

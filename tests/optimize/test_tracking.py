@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fabric.errors import ConfigError
+from optimize.config import load_study_config
 from optimize.study import Components, StorageSpec, run_study
 from optimize.tracking import (
     PARENT_RUN_ATTR,
@@ -21,7 +22,6 @@ from optimize.tracking import (
     reward_grid,
     ui_command,
 )
-from optimize.config import load_study_config
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -92,7 +92,10 @@ def test_reward_grid_labels_every_image_with_its_scores():
     # the label strip under each image has text (dark pixels) and depends on the score
     strip = one.crop((tile, tile, 2 * tile, one.height)).convert("L")
     assert min(strip.getdata()) < 100
-    assert one.crop((tile, tile, 2 * tile, one.height)).tobytes() != other.crop((tile, tile, 2 * tile, other.height)).tobytes()
+    assert (
+        one.crop((tile, tile, 2 * tile, one.height)).tobytes()
+        != other.crop((tile, tile, 2 * tile, other.height)).tobytes()
+    )
     assert one.getpixel((tile // 2, tile // 2)) == (255, 0, 0)
 
 
@@ -128,7 +131,14 @@ def test_study_logs_to_a_real_mlflow_server_then_moves_to_sqlite(mlflow_server, 
 
     storage = StorageSpec.parse(tmp_path / "s.journal")
     tracker = MlflowTracker(mlflow_server.url)
-    out = run_study(_config(), name="over-http", storage=storage, tracker=tracker, runs_dir=tmp_path, components=Components(generator, red))
+    out = run_study(
+        _config(),
+        name="over-http",
+        storage=storage,
+        tracker=tracker,
+        runs_dir=tmp_path,
+        components=Components(generator, red),
+    )
     assert out.tracking_failure is None and out.tracking_uri == mlflow_server.url
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("over-http")
@@ -146,7 +156,15 @@ def test_study_logs_to_a_real_mlflow_server_then_moves_to_sqlite(mlflow_server, 
 
     # Resumed against another tracking store, the study gets a new parent run there
     sqlite_uri = mlflow_uri
-    moved = run_study(_config(trials=3), name="over-http", storage=storage, tracker=MlflowTracker(sqlite_uri), runs_dir=tmp_path, components=Components(generator, red), export=False)
+    moved = run_study(
+        _config(trials=3),
+        name="over-http",
+        storage=storage,
+        tracker=MlflowTracker(sqlite_uri),
+        runs_dir=tmp_path,
+        components=Components(generator, red),
+        export=False,
+    )
     assert moved.resumed and moved.parent_run_id not in (None, parents[0].info.run_id)
     assert moved.study.user_attrs[PARENT_RUN_ATTR] == moved.parent_run_id
     assert moved.study.user_attrs[TRACKING_URI_ATTR] == sqlite_uri

@@ -8,7 +8,7 @@ import torch
 from fabric.errors import InvalidParameterError
 from toyworld.scenes import Scene, Shape, render
 
-objectives_base = pytest.importorskip("objectives.base")
+objectives_base = pytest.importorskip("objectives.registry")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,12 @@ def test_toy_objectives_are_registered():
 
 @pytest.mark.parametrize(
     "name, options, direction",
-    [("toy-clip", {}, "maximize"), ("toy-taste", {"taste": "stars"}, "maximize"),
-     ("toy-diversity", {}, "minimize"), ("toy-target", {}, "maximize")],
+    [
+        ("toy-clip", {}, "maximize"),
+        ("toy-taste", {"taste": "stars"}, "maximize"),
+        ("toy-diversity", {}, "minimize"),
+        ("toy-target", {}, "maximize"),
+    ],
 )
 def test_contract(name, options, direction, images):
     obj = objectives_base.load_objective(name, **options)

@@ -40,11 +40,13 @@ def test_toy_clip_prefers_the_true_caption(toy_clip, test_scenes):
 
 def test_toy_clip_tells_colours_and_shapes_apart(toy_clip):
     image = render(Scene((Shape("star", "red", "large"),), "black"))
-    text = toy_clip.embed_texts([
-        "a large red star on a black background",
-        "a large blue star on a black background",
-        "a large red circle on a black background",
-    ])
+    text = toy_clip.embed_texts(
+        [
+            "a large red star on a black background",
+            "a large blue star on a black background",
+            "a large red circle on a black background",
+        ]
+    )
     sims = (toy_clip.embed_images([image]) @ text.T)[0]
     assert sims.argmax() == 0
 
@@ -53,7 +55,9 @@ def test_tastes_rank_matching_images_higher(classifier):
     warm = render(Scene((Shape("circle", "orange", "large"),), "black"))
     cool = render(Scene((Shape("circle", "blue", "large"),), "black"))
     star = render(Scene((Shape("star", "green", "large"),), "gray"))
-    busy = render(Scene((Shape("square", "pink", "small", 0.25, 0.25), Shape("cross", "white", "small", 0.75, 0.75)), "brown"))
+    busy = render(
+        Scene((Shape("square", "pink", "small", 0.25, 0.25), Shape("cross", "white", "small", 0.75, 0.75)), "brown")
+    )
     probs = classifier.probabilities([warm, cool, star, busy])
     assert get_taste("warm")(probs)[0] > 0.5 > get_taste("warm")(probs)[1]
     assert get_taste("stars")(probs).argmax() == 2

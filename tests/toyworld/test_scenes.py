@@ -107,4 +107,6 @@ def test_partial_captions_only_leave_words_out():
         full, part = caption(scene).split(), partial_caption(scene, rng).split()
         assert set(part) <= set(full) | {"shape"}
         assert part.count("a") == scene.count + ("background" in part)
-    assert partial_caption(sample_scenes(1, seed=0)[0], random.Random(0), keep=1.0) == caption(sample_scenes(1, seed=0)[0])
+    assert partial_caption(sample_scenes(1, seed=0)[0], random.Random(0), keep=1.0) == caption(
+        sample_scenes(1, seed=0)[0]
+    )
