@@ -218,8 +218,8 @@ class BenchConfig:
         refs: reference counts per polarity (0 = FABRIC with no references).
         repeats: interleaved repeats of the plain/FABRIC pairs (medians are reported).
         bias_mode: how the reference weight reaches SDPA (``"mask"`` or ``"fold"``).
-        fuse: ``fuse_reference_pass`` of the generator: ``None`` (its default: fused on the
-            CPU only), ``True`` or ``False``.
+        fuse: ``fuse_reference_pass`` of the generator: ``False`` (its default, the exact path:
+            each reference recorded alone) or ``True`` (the opt-in fused pass).
         cache_gb: bound of the reference-token cache in the throughput part (the generator's
             default; its memory is part of FABRIC's overhead).
         rounds: rounds of the iterative-session part.
@@ -236,7 +236,7 @@ class BenchConfig:
     refs: tuple[int, ...] = (0, 1, 2, 4)
     repeats: int = 5
     bias_mode: str = "mask"
-    fuse: bool | None = None
+    fuse: bool = False
     cache_gb: float = 1.0
     rounds: int = 3
     max_weight: float = 0.8
@@ -854,9 +854,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--bias-mode", choices=("mask", "fold"), default="mask")
     parser.add_argument(
         "--fuse",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="new references inside the main U-Net call (auto: the generator's default, on for CPU only)",
+        choices=("on", "off"),
+        default="off",
+        help="new references inside the main U-Net call (off: the generator's default, the exact path)",
     )
     parser.add_argument("--cache-gb", type=float, default=1.0, help="token-cache bound in the throughput part")
     parser.add_argument("--rounds", type=int, default=3)
@@ -925,7 +925,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             refs=tuple(int(x) for x in args.refs.split(",")),
             repeats=args.repeats,
             bias_mode=args.bias_mode,
-            fuse={"auto": None, "on": True, "off": False}[args.fuse],
+            fuse=args.fuse == "on",
             cache_gb=args.cache_gb,
             rounds=args.rounds,
         )

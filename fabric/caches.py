@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
-from PIL import Image
 
 __all__ = ["ReferenceStateCache", "PlainCallCache", "copy_images"]
 
@@ -103,12 +103,12 @@ class PlainCallCache:
 
     def __init__(self, max_entries: int = 0) -> None:
         self.max_entries = int(max_entries)
-        self._entries: OrderedDict[tuple, list[Image.Image] | torch.Tensor] = OrderedDict()
+        self._entries: OrderedDict[tuple, Any] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: tuple) -> list[Image.Image] | torch.Tensor | None:
-        if self.max_entries == 0:
+    def get(self, key: tuple | None) -> Any:
+        if self.max_entries == 0 or key is None:
             return None
         value = self._entries.get(key)
         if value is None:
@@ -118,7 +118,8 @@ class PlainCallCache:
         self._entries.move_to_end(key)
         return value
 
-    def put(self, key: tuple, value: list[Image.Image] | torch.Tensor) -> None:
+    def put(self, key: tuple, value: Any) -> None:
+        """Store a copy of ``value``: one call's images (or latents), or a list of them per request."""
         if self.max_entries == 0:
             return
         self._entries[key] = copy_images(value)
@@ -133,8 +134,10 @@ class PlainCallCache:
         return len(self._entries)
 
 
-def copy_images(images: list[Image.Image] | torch.Tensor) -> list[Image.Image] | torch.Tensor:
-    """Copies of PIL images, or a clone of a latent tensor, so a cached value is never shared."""
+def copy_images(images: Any) -> Any:
+    """Copies of PIL images or latent tensors, also in (nested) lists, so a cached value is never shared."""
     if isinstance(images, torch.Tensor):
         return images.clone()
-    return [image.copy() for image in images]
+    if isinstance(images, list):
+        return [copy_images(item) for item in images]
+    return images.copy()

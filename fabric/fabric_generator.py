@@ -5,20 +5,26 @@
 
 * :class:`~fabric.attention.FabricAttnProcessor` on every ``attn1`` layer (restored in
   ``finally``), sharing one :class:`~fabric.attention.FabricState` keyed by layer name;
-* a forward pre-hook on the U-Net that, at each step that needs it, noises the reference latents
-  to the step's noise level, runs the U-Net on them with the empty prompt in ``"record"`` mode,
-  and hands the recorded tokens and the step's weights to the processors. With
-  ``fuse_reference_pass`` (the CPU default) the references ride instead as extra rows of the
-  main call (the pre-hook appends them, the processors take their tokens in the same layer, a
-  forward hook removes their rows from the output): one U-Net call per step.
+* a forward pre-hook on the U-Net (:class:`~fabric.reference.ReferencePass`) that, at each step
+  that needs it, noises each reference latent to the step's noise level, runs the U-Net on it
+  with the empty prompt in ``"record"`` mode, and hands the recorded tokens and the step's
+  weights to the processors.
 
 Every scheduler, callback and pipeline option keeps working, and with no references (or all
 weights 0) the pipeline runs untouched, so the output equals the plain pipeline bit for bit.
 
-Reference latents are cached per image, and recorded reference tokens per (image, timestep),
-on the device (:mod:`fabric.caches`), so a reference seen in an earlier round of an iterative
-session is never run through the U-Net again (its noise is deterministic per image and
-timestep).
+Reproducibility contract: the images of a call are a function of its inputs only (prompts,
+seeds, parameters, reference images, model, device and dtype), not of what the caches hold,
+what ran before, or how many calls came earlier. This holds by construction: every reference is
+encoded and recorded in a batch of its own, and the main U-Net call has the same rows whether
+its references are new or cached, so every kernel sees the same shapes. Two speed options give
+the same images only up to float rounding and are opt-in: ``fuse_reference_pass`` (new
+references ride as extra rows of the main call) and :meth:`FabricGenerator.generate_many` with
+several requests (prompts share the U-Net calls).
+
+Reference latents are cached per image, and recorded reference tokens per (image, noise
+identity, timestep), on the device (:mod:`fabric.caches`), so a reference seen in an earlier
+round of an iterative session is never run through the U-Net again.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from fabric.attention import BiasMode
 from fabric.caches import PlainCallCache, ReferenceStateCache, copy_images
 from fabric.checks import check_int
 from fabric.errors import InvalidParameterError
-from fabric.images import ImageLike, image_key, load_images
+from fabric.images import ImageLike, image_key, load_reference
 from fabric.models import load_pipeline  # also quiets diffusers' vacuous cast warning
 from fabric.params import FabricParams
 from fabric.reference import Group, Reference, ReferencePass
@@ -74,16 +80,21 @@ def _split_groups(groups: list[Group], at: int) -> tuple[list[Group], list[Group
     return first, second
 
 
-class _Pending(NamedTuple):
-    """A request of :meth:`FabricGenerator.generate_many` that the pipeline still has to run."""
+class _Loaded(NamedTuple):
+    """A feedback image as the generator reads it: RGB pixels and its identity key (if given)."""
 
-    index: int  # position in the caller's requests
-    plain_key: tuple | None  # plain-call cache key, for a request without feedback
+    image: Image.Image
+    noise_key: str | None
+
+
+class _Pending(NamedTuple):
+    """A request of :meth:`FabricGenerator.generate_many`, read and checked."""
+
     prompts: list[str]  # per image, after dropout
     negatives: list[str]
     seeds: list[int]
-    liked: list[Image.Image]
-    disliked: list[Image.Image]
+    liked: list[_Loaded]
+    disliked: list[_Loaded]
 
 
 @dataclass(frozen=True)
@@ -130,14 +141,13 @@ class FabricGenerator:
         plain_cache_size: how many calls without feedback to keep (see :class:`PlainCallCache`);
             0 (the default) disables it. Studies turn it on, so the first round of a trial is
             not generated again when an earlier trial or the baseline already made it.
-        fuse_reference_pass: run the references not yet in the token cache as extra rows of the
-            main U-Net call (empty prompt, the step's timestep; their rows attend only to
-            themselves) instead of a separate reference pass. Same images up to float rounding;
-            one U-Net call per step instead of two, at the cost of a larger batch. ``None`` (the
-            default) fuses on the CPU, where it was measured faster (docs/BENCHMARKS.md), and not
-            on CUDA, where its speed and peak memory are not measured yet. Falls back to the
-            separate pass for U-Net inputs it cannot extend (ControlNet residuals,
-            ``timestep_cond``, attention masks, ``cross_attention_kwargs``).
+        fuse_reference_pass: opt-in speed option: run the references not yet in the token cache
+            as extra rows of the main U-Net call (empty prompt, the step's timestep; their rows
+            attend only to themselves) instead of one reference pass each. One U-Net call per
+            step, at the cost of a larger batch, and the same images only up to float rounding:
+            the main call's batch then depends on the cache's contents (docs/BENCHMARKS.md).
+            Falls back to the separate pass for U-Net inputs it cannot extend (ControlNet
+            residuals, ``timestep_cond``, attention masks, ``cross_attention_kwargs``).
 
     Example:
         >>> gen = FabricGenerator.from_pretrained("tiny")
@@ -153,7 +163,7 @@ class FabricGenerator:
         bias_mode: BiasMode = "mask",
         negative_prefix: str = "",
         plain_cache_size: int = 0,
-        fuse_reference_pass: bool | None = None,
+        fuse_reference_pass: bool = False,
     ) -> None:
         from fabric.schedulers import check_scheduler
 
@@ -167,8 +177,8 @@ class FabricGenerator:
         self._latent_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._latent_cache_size = 64
         self.plain_cache = PlainCallCache(check_int("plain_cache_size", plain_cache_size, minimum=0))
-        if fuse_reference_pass is not None and not isinstance(fuse_reference_pass, bool):
-            raise InvalidParameterError(f"fuse_reference_pass must be True, False or None, got {fuse_reference_pass!r}")
+        if not isinstance(fuse_reference_pass, bool):
+            raise InvalidParameterError(f"fuse_reference_pass must be True or False, got {fuse_reference_pass!r}")
         self.fuse_reference_pass = fuse_reference_pass
         self.last_seeds: list[int] = []
 
@@ -330,12 +340,13 @@ class FabricGenerator:
     ) -> list[list[Image.Image] | torch.Tensor]:
         """Several prompts, each with its own liked/disliked images, in one pipeline call.
 
-        Each request's images are those of ``generate(r.prompt, r.negative_prompt, r.liked,
-        r.disliked, params, len(r.seeds), list(r.seeds), height, width)``, up to the float
-        rounding of larger batches: the prompts share every U-Net call, and each prompt's rows
-        attend only to its own references (one reference pass per step for all of them).
-        Requests without feedback are served from the plain-call cache when it has them.
-        On out-of-memory the batch is split in two and retried.
+        An opt-in speed option: the prompts share every U-Net call, and each prompt's rows attend
+        only to its own references. Each request's images are those of ``generate(r.prompt,
+        r.negative_prompt, r.liked, r.disliked, params, len(r.seeds), list(r.seeds), height,
+        width)`` up to the float rounding of the larger batch (exactly, for one request). The
+        result of a call depends on its requests only: the plain-call cache serves a call whose
+        requests all lack feedback only when it holds all of them from the same call, and
+        otherwise the whole call runs. On out-of-memory the batch is split in two and retried.
 
         Args:
             requests: what to generate, one :class:`GenerationRequest` per prompt.
@@ -350,45 +361,50 @@ class FabricGenerator:
         requests = list(requests)
         if not requests or not all(isinstance(r, GenerationRequest) for r in requests):
             raise InvalidParameterError("requests must be a non-empty sequence of GenerationRequest")
+        if len(requests) == 1:
+            (r,) = requests
+            images = self.generate(
+                r.prompt, r.negative_prompt, r.liked, r.disliked, params, len(r.seeds), list(r.seeds), height, width,
+                output_type=output_type,
+            )  # fmt: skip
+            return [images]
         height, width = self._size(height, width)
         call = self._call(params, None, height, width, output_type)
 
-        outputs: list[list[Image.Image] | torch.Tensor | None] = [None] * len(requests)
-        todo: list[_Pending] = []
-        for i, r in enumerate(requests):
+        pending: list[_Pending] = []
+        for r in requests:
             seeds = list(r.seeds)
             prompts = self._dropout([r.prompt] * len(seeds), seeds, params)
             negatives = self._with_prefix([r.negative_prompt] * len(seeds))
             liked, disliked = self._feedback_images(r.liked, r.disliked, params)
-            key = None
             if not self._has_feedback(liked, disliked, params):
                 liked, disliked = [], []
-                if self.plain_cache.max_entries:
-                    key = self._plain_key(call, prompts, negatives, seeds)
-                    cached = self.plain_cache.get(key)
-                    if cached is not None:
-                        outputs[i] = copy_images(cached)
-                        continue
-            todo.append(_Pending(i, key, prompts, negatives, seeds, liked, disliked))
+            pending.append(_Pending(prompts, negatives, seeds, liked, disliked))
+        self.last_seeds = [s for t in pending for s in t.seeds]
 
-        if todo:
-            prompts = [p for t in todo for p in t.prompts]
-            negatives = [n for t in todo for n in t.negatives]
-            seeds = [s for t in todo for s in t.seeds]
-            groups = [
-                (len(t.seeds), self._references(t.liked, height, width), self._references(t.disliked, height, width))
-                for t in todo
-            ]
-            call.update(prompt=prompts, negative_prompt=negatives, generator=cpu_generators(seeds))
-            images = self._denoise(call, groups, params, prompts, negatives, seeds)
-            start = 0
-            for t in todo:
-                outputs[t.index] = images[start : start + len(t.seeds)]
-                start += len(t.seeds)
-                if t.plain_key is not None:
-                    self.plain_cache.put(t.plain_key, outputs[t.index])
-        self.last_seeds = [s for r in requests for s in r.seeds]
-        return outputs  # type: ignore[return-value]
+        # a call without any feedback may come whole from the plain-call cache
+        plain = not any(t.liked or t.disliked for t in pending) and self.plain_cache.max_entries > 0
+        key = ("many", *(self._plain_key(call, t.prompts, t.negatives, t.seeds) for t in pending)) if plain else None
+        cached = self.plain_cache.get(key) if key is not None else None
+        if cached is not None:
+            return [copy_images(images) for images in cached]
+
+        prompts = [p for t in pending for p in t.prompts]
+        negatives = [n for t in pending for n in t.negatives]
+        seeds = [s for t in pending for s in t.seeds]
+        groups = [
+            (len(t.seeds), self._references(t.liked, height, width), self._references(t.disliked, height, width))
+            for t in pending
+        ]
+        call.update(prompt=prompts, negative_prompt=negatives, generator=cpu_generators(seeds))
+        images = self._denoise(call, groups, params, prompts, negatives, seeds)
+        outputs, start = [], 0
+        for t in pending:
+            outputs.append(images[start : start + len(t.seeds)])
+            start += len(t.seeds)
+        if key is not None:
+            self.plain_cache.put(key, outputs)
+        return outputs
 
     # ---- input handling --------------------------------------------------------------------
     @staticmethod
@@ -421,9 +437,9 @@ class FabricGenerator:
         ]
 
     @staticmethod
-    def _feedback_images(liked, disliked, params: FabricParams) -> tuple[list[Image.Image], list[Image.Image]]:
-        liked_images = load_images(liked)
-        disliked_images = load_images(disliked)
+    def _feedback_images(liked, disliked, params: FabricParams) -> tuple[list[_Loaded], list[_Loaded]]:
+        liked_images = [_Loaded(*load_reference(item)) for item in liked]
+        disliked_images = [_Loaded(*load_reference(item)) for item in disliked]
         if params.max_references is not None:
             liked_images = liked_images[-params.max_references :]
             disliked_images = disliked_images[-params.max_references :]
@@ -476,17 +492,23 @@ class FabricGenerator:
         """Run the pipeline; on out-of-memory, free the token cache and retry, then retry in halves.
 
         ``groups`` are ``(images, liked references, disliked references)`` in batch order. Cached
-        reference tokens are only a speed-up, so their memory goes to the call first (once). Then,
-        with per-image seeds, the batch is split in two halves, which produce exactly the images of
-        the full batch; with one seed for the whole batch the latents depend on the batch size, so
-        the error is raised.
+        reference tokens are only a speed-up, so their memory goes to the call first (once); the
+        images are exactly those of a call with enough memory. Then, with per-image seeds, the
+        batch is split in two halves, which draw the same initial latents as the full batch and
+        so give its images up to the float rounding of the smaller batch (logged); with one seed
+        for the whole batch the latents depend on the batch size, so the error is raised.
         """
         n = len(prompts)
         try:
             if not any(pos or neg for _, pos, neg in groups):
                 return self.pipeline(**call).images
             reference_pass = ReferencePass(
-                self.pipeline, groups, params, cache=self.state_cache, bias_mode=self.bias_mode, fuse=self._fuses()
+                self.pipeline,
+                groups,
+                params,
+                cache=self.state_cache,
+                bias_mode=self.bias_mode,
+                fuse=self.fuse_reference_pass,
             )
             with reference_pass.attached():
                 images = self.pipeline(**call).images
@@ -542,39 +564,42 @@ class FabricGenerator:
         return seeds
 
     # ---- references ------------------------------------------------------------------------
-    def _references(self, images: list[Image.Image], height: int, width: int) -> list[Reference]:
-        """Encode images to clean latents with the VAE, cached per (image, size)."""
-        keys = [image_key(img) for img in images]
-        missing = [(k, img) for k, img in zip(keys, images) if (k, height, width) not in self._latent_cache]
-        if missing:
-            vae = self.pipeline.vae
-            pixels = self.pipeline.image_processor.preprocess([img for _, img in missing], height=height, width=width)
-            # SDXL's VAE overflows in fp16 (force_upcast): encode in float32 as the pipeline decodes
-            vae_dtype = vae.dtype
-            upcast = vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
-            if upcast:
-                vae.to(dtype=torch.float32)
-            try:
-                pixels = pixels.to(device=vae.device, dtype=vae.dtype)
-                # the posterior mean, not a sample: a reference must encode the same way every round
-                latents = vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor
-            finally:
-                if upcast:
-                    vae.to(dtype=vae_dtype)
-            for (k, _), z in zip(missing, latents):
-                self._latent_cache[(k, height, width)] = z.to(self.dtype)
+    def _references(self, images: list[_Loaded], height: int, width: int) -> list[Reference]:
+        """Encode images to clean latents with the VAE, cached per (image, size).
+
+        Each image is encoded alone, so its latent does not depend on which other images are
+        new in this call (BLAS rounding depends on the batch size).
+        """
+        refs = []
+        for image, noise_key in images:
+            key = image_key(image)
+            cache_key = (key, height, width)
+            latent = self._latent_cache.get(cache_key)
+            if latent is None:
+                latent = self._latent_cache[cache_key] = self._encode(image, height, width)
                 if len(self._latent_cache) > self._latent_cache_size:
                     self._latent_cache.popitem(last=False)
-        refs = []
-        for k in keys:
-            self._latent_cache.move_to_end((k, height, width))
-            refs.append(Reference(k, self._latent_cache[(k, height, width)]))
+            self._latent_cache.move_to_end(cache_key)
+            refs.append(Reference(key, noise_key or key, latent))
         return refs
 
-    def _fuses(self) -> bool:
-        if self.fuse_reference_pass is not None:
-            return self.fuse_reference_pass
-        return self.device.type == "cpu"
+    def _encode(self, image: Image.Image, height: int, width: int) -> torch.Tensor:
+        """``(C, h, w)`` latent of one image: the VAE posterior mean times its scaling factor."""
+        vae = self.pipeline.vae
+        pixels = self.pipeline.image_processor.preprocess([image], height=height, width=width)
+        # SDXL's VAE overflows in fp16 (force_upcast): encode in float32 as the pipeline decodes
+        vae_dtype = vae.dtype
+        upcast = vae_dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        if upcast:
+            vae.to(dtype=torch.float32)
+        try:
+            pixels = pixels.to(device=vae.device, dtype=vae.dtype)
+            # the posterior mean, not a sample: a reference must encode the same way every round
+            latent = vae.encode(pixels).latent_dist.mean[0] * vae.config.scaling_factor
+        finally:
+            if upcast:
+                vae.to(dtype=vae_dtype)
+        return latent.to(self.dtype)
 
     def _warn_if_cache_full(self, rejected: int) -> None:
         """Once per generator: this call's references did not fit the token cache, so a later

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -11,9 +12,34 @@ from PIL import Image, UnidentifiedImageError
 
 from fabric.errors import ImageError
 
-__all__ = ["ImageLike", "load_image", "load_images", "image_key", "make_grid"]
+__all__ = ["ImageLike", "ReferenceImage", "load_image", "load_images", "load_reference", "image_key", "make_grid"]
 
-ImageLike = Union[Image.Image, str, Path]
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A liked or disliked image together with its identity in a feedback session.
+
+    FABRIC noises every reference to each step's noise level; that noise is seeded by ``key``.
+    A plain image or path is keyed by its exact pixels, which is stable for files and for images
+    made on the exact path. Where images come from a computation that is only reproducible up to
+    float rounding (prompt batching, the fused reference pass), one pixel rounding the other way
+    would redraw all of a reference's noise; keying it by where it came from (a study's seed,
+    prompt, round and image index) keeps such a difference at rounding size.
+
+    Attributes:
+        image: a PIL image or a path.
+        key: the identity that seeds the reference's noise, e.g. ``"seed:1234"``.
+    """
+
+    image: Image.Image | str | Path
+    key: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str) or not self.key:
+            raise ImageError(f"a ReferenceImage needs a non-empty string key, got {self.key!r}")
+
+
+ImageLike = Union[Image.Image, str, Path, ReferenceImage]
 
 # 8-bit modes that convert to RGB without losing meaning; 16-bit, float and CMYK-like modes
 # would be silently clipped or mis-coloured, so they are refused.
@@ -38,6 +64,8 @@ def _check_mode(img: Image.Image, where: str) -> Image.Image:
 
 def load_image(image: ImageLike) -> Image.Image:
     """An RGB PIL image from a PIL image or a path; raises :class:`ImageError` on bad input."""
+    if isinstance(image, ReferenceImage):
+        image = image.image
     if isinstance(image, Image.Image):
         return _check_mode(image, "image")
     if not isinstance(image, (str, Path)):
@@ -60,6 +88,11 @@ def load_image(image: ImageLike) -> Image.Image:
 
 def load_images(images: Iterable[ImageLike]) -> list[Image.Image]:
     return [load_image(img) for img in images]
+
+
+def load_reference(image: ImageLike) -> tuple[Image.Image, str | None]:
+    """``(RGB image, identity key)``: a :class:`ReferenceImage`'s key, ``None`` for a plain image or path."""
+    return load_image(image), image.key if isinstance(image, ReferenceImage) else None
 
 
 def image_key(image: Image.Image) -> str:

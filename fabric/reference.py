@@ -5,10 +5,12 @@ It installs :class:`~fabric.attention.FabricAttnProcessor` on every ``attn1`` la
 hooks on the U-Net, all undone in ``finally``:
 
 * before each U-Net call, it finds the step (and its weights), takes each reference's tokens at
-  this timestep from the token cache, and records the missing ones: either in a separate U-Net
-  call on the references noised to the step's level (empty prompt, ``"record"`` mode), or, with
-  ``fuse``, as extra rows appended to the main call, whose tokens the processors take in the
-  same layer (:meth:`ReferencePass.resolve`);
+  this timestep from the token cache, and records the missing ones: by default each in a U-Net
+  call of its own on the reference noised to the step's level (empty prompt, ``"record"``
+  mode), so the main call and every reference see the same batch shapes whatever the cache
+  holds and the images are exactly reproducible; or, with ``fuse`` (an opt-in speed option,
+  equal up to float rounding), as extra rows appended to the main call, whose tokens the
+  processors take in the same layer (:meth:`ReferencePass.resolve`);
 * after each U-Net call, it stores the fused rows' tokens in the cache and removes their rows
   from the output.
 
@@ -43,10 +45,13 @@ class Reference:
 
     Attributes:
         key: content hash of the image (:func:`fabric.images.image_key`).
+        noise_key: what seeds the reference's noise: the image's identity in its session
+            (:class:`fabric.images.ReferenceImage`), else its content hash.
         latent: ``(C, h, w)`` clean latent, scaled by the VAE's scaling factor.
     """
 
     key: str
+    noise_key: str
     latent: torch.Tensor
 
 
@@ -273,25 +278,25 @@ class ReferencePass:
         return tuple(LayerReferences(tokens(pos, pos_w), tokens(neg, neg_w), pos_w, neg_w) for pos, neg in step.use)
 
     def _cached(self, refs: list[Reference], t) -> tuple[list[tuple], list[dict[str, torch.Tensor] | None]]:
-        """Token-cache keys of ``refs`` at timestep ``t``, and the cached tokens (``None``: missing)."""
+        """Token-cache keys of ``refs`` at timestep ``t``, and the cached tokens (``None``: missing).
+
+        The key holds everything the tokens depend on besides the model: the image, its noise,
+        the step, the latent size, and how they were computed (one reference per U-Net call, or
+        fused rows, which agree only up to float rounding).
+        """
         t_key = round(float(t), 4)
-        keys = [(r.key, t_key, *r.latent.shape[-2:]) for r in refs]
+        how = "fused" if self.fuse else "alone"
+        keys = [(r.key, r.noise_key, t_key, *r.latent.shape[-2:], how) for r in refs]
         return keys, [self.cache.get(k) if self.cache.max_bytes else None for k in keys]
 
     def _noised(self, refs: list[Reference], t, index: int) -> torch.Tensor:
         """``(R, C, h, w)`` reference latents noised to timestep ``t``; the noise is seeded per
-        (image, timestep), so a reference gets the same noise in every round."""
+        (reference identity, timestep), so a reference gets the same noise in every round."""
         t_key = round(float(t), 4)
         a = alpha_bar(self.pipeline.scheduler, t, index)
         z0 = torch.stack([r.latent for r in refs])
-        eps = torch.stack(
-            [
-                torch.randn(
-                    z0.shape[1:], generator=torch.Generator("cpu").manual_seed(stable_seed("ref-noise", r.key, t_key))
-                )
-                for r in refs
-            ]
-        ).to(device=z0.device, dtype=z0.dtype)
+        generators = [torch.Generator("cpu").manual_seed(stable_seed("ref-noise", r.noise_key, t_key)) for r in refs]
+        eps = torch.stack([torch.randn(z0.shape[1:], generator=g) for g in generators]).to(z0.device, z0.dtype)
         return a**0.5 * z0 + (1 - a) ** 0.5 * eps
 
     def _store(self, keys: list[tuple], recorded: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
@@ -309,32 +314,25 @@ class ReferencePass:
     ) -> list[dict[str, torch.Tensor]]:
         """Tokens of each reference at every ``attn1`` layer, at timestep ``t``.
 
-        ``found`` holds the cached ones (:meth:`_cached`); the others run through the U-Net in
-        one batch.
+        ``found`` holds the cached ones (:meth:`_cached`); each of the others runs through the
+        U-Net alone, a batch of one: a reference's tokens are then computed the same way whichever
+        other references are new in this call, so they equal the cached tokens of an earlier call
+        exactly (BLAS kernels round differently for different batch sizes).
         """
         found = list(found)
-        todo = [i for i, f in enumerate(found) if f is None]
-        if todo:
-            z_t = self._noised([refs[i] for i in todo], t, index)
-            n = len(todo)
-            added = None
-            if self.pooled is not None:
-                added = {"text_embeds": self.pooled.expand(n, -1), "time_ids": time_ids.expand(n, -1)}
-            state = self.state
+        added = None
+        if self.pooled is not None:
+            added = {"text_embeds": self.pooled, "time_ids": time_ids}
+        state = self.state
+        for i in [i for i, f in enumerate(found) if f is None]:
+            z_t = self._noised([refs[i]], t, index)  # (1, C, h, w)
             state.mode, state.recorded = "record", {}
             try:
-                self.unet(
-                    z_t,
-                    t,
-                    encoder_hidden_states=self.empty.expand(n, -1, -1),
-                    added_cond_kwargs=added,
-                    return_dict=False,
-                )
+                self.unet(z_t, t, encoder_hidden_states=self.empty, added_cond_kwargs=added, return_dict=False)
             finally:
                 state.mode = "off"
             recorded, state.recorded = state.recorded, {}
-            for i, tokens in zip(todo, self._store([keys[i] for i in todo], recorded)):
-                found[i] = tokens
+            found[i] = self._store([keys[i]], recorded)[0]
         return found
 
     # ---- the fused pass ------------------------------------------------------------------

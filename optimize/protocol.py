@@ -43,8 +43,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fabric.checks import check_int
 from fabric.errors import ConfigError
-from fabric.images import ImageLike, image_key, load_image
+from fabric.images import ImageLike, ReferenceImage, image_key, load_image
 from fabric.params import FabricParams
+from fabric.seeds import stable_seed
 from optimize.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -62,7 +63,6 @@ __all__ = [
     "RoundCallback",
     "choose_feedback",
     "evaluate",
-    "image_seed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -110,12 +110,6 @@ def choose_feedback(scores: Sequence[float], temperature: float, *, seed: int) -
 
 class NonFiniteScoreError(RuntimeError):
     """An objective returned NaN or infinity; the trial fails instead of feeding it to a sampler."""
-
-
-def image_seed(*parts: object) -> int:
-    """A 63-bit seed from ``parts`` that is the same in every process (unlike ``hash()``)."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 @dataclass(frozen=True)
@@ -565,10 +559,10 @@ class TrialEvaluator:
         ]
         for r in range(proto.rounds):
             seeds = [
-                [image_seed(proto.seed, split, replicate, s.index, r, i) for i in range(proto.n_images)]
+                [stable_seed(proto.seed, split, replicate, s.index, r, i) for i in range(proto.n_images)]
                 for s in sessions
             ]
-            for s, images in zip(sessions, self._generate(params, sessions, seeds)):
+            for s, seeds_of, images in zip(sessions, seeds, self._generate(params, sessions, seeds)):
                 p, prompt = s.index, s.prompt
                 scores = {
                     name: self._score(obj, images, prompt, where=(split, p, r))
@@ -590,10 +584,12 @@ class TrialEvaluator:
                     )
                     if s.feedback_objective.directions[0] == "minimize":
                         fb = [-v for v in fb]
-                    user_seed = image_seed(proto.seed, "user", split, replicate, p, r)
+                    user_seed = stable_seed(proto.seed, "user", split, replicate, p, r)
                     like, dislike = choose_feedback(fb, proto.temperature, seed=user_seed)
-                    s.liked.append(images[like])
-                    s.disliked.append(images[dislike])
+                    # keyed by the image's seed: a pixel that rounds the other way (prompt batching)
+                    # must not redraw the reference's noise in every later round
+                    s.liked.append(ReferenceImage(images[like], key=f"seed:{seeds_of[like]}"))
+                    s.disliked.append(ReferenceImage(images[dislike], key=f"seed:{seeds_of[dislike]}"))
         return [(tuple(s.round_scores), {k: tuple(v) for k, v in s.metrics.items()}) for s in sessions]
 
     def _generate(self, params: FabricParams, sessions: list[_Session], seeds: list[list[int]]) -> list[list]:

@@ -52,36 +52,41 @@ def test_each_request_gets_the_images_it_gets_alone(tiny_generator, solid_images
     assert (together[0] - plain).abs().max() > 1e-3
 
 
-def test_one_main_and_one_reference_pass_per_step_for_all_prompts(tiny_generator, solid_images, unet_batches):
+def test_one_main_pass_per_step_for_all_prompts_and_each_reference_alone(tiny_generator, solid_images, unet_batches):
     separate = FabricGenerator(tiny_generator.pipeline, fuse_reference_pass=False)
     separate.generate_many(_requests(solid_images), params=P, output_type="latent")
     main = [b for b in unet_batches if b == 12]  # 6 images, guided
     reference = [b for b in unet_batches if b != 12]
     assert len(main) == P.steps
-    # every active step records the 4 distinct references of all groups in one batch
+    # every active step records each of the 4 distinct references of all groups once, alone
     active = [i for i in range(P.steps) if step_weights(i, P.steps, P).pos > 0]
     assert 0 < len(active) < P.steps
-    assert reference == [4] * len(active)
+    assert reference == [1] * 4 * len(active)
 
 
-def test_requests_without_feedback_come_from_the_plain_cache(tiny_generator, solid_images):
+def test_the_plain_cache_serves_whole_calls_only(tiny_generator, solid_images):
     gen = FabricGenerator(tiny_generator.pipeline, plain_cache_size=4)
     plain = [GenerationRequest("a red circle", seeds=(1, 2)), GenerationRequest("a blue square", seeds=(3,))]
     first = gen.generate_many(plain, params=P)
-    assert (gen.plain_cache.hits, gen.plain_cache.misses) == (0, 2)
-    # the same keys as generate(): a single call hits what the batch stored, and the reverse
-    single = gen.generate("a red circle", params=P, n_images=2, seed=[1, 2])
-    assert gen.plain_cache.hits == 1
-    assert np.array_equal(np.stack([np.asarray(i) for i in single]), np.stack([np.asarray(i) for i in first[0]]))
+    assert (gen.plain_cache.hits, gen.plain_cache.misses) == (0, 1)
     batches = []
     handle = gen.pipeline.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
     try:
-        again = gen.generate_many([plain[1], _requests(solid_images)[0]], params=P)
+        again = gen.generate_many(plain, params=P)  # the same call: served whole, nothing runs
+        assert gen.plain_cache.hits == 1 and batches == []
+        # a single call is never served what a batch made: generate() stays exact
+        single = gen.generate("a red circle", params=P, n_images=2, seed=[1, 2])
+        assert gen.plain_cache.hits == 1 and batches == [4] * P.steps
+        fresh = FabricGenerator(tiny_generator.pipeline).generate("a red circle", params=P, n_images=2, seed=[1, 2])
+        assert np.array_equal(np.stack([np.asarray(i) for i in single]), np.stack([np.asarray(i) for i in fresh]))
+        # a call with feedback in it runs whole: its plain request shares the batch
+        batches.clear()
+        gen.generate_many([plain[1], _requests(solid_images)[0]], params=P)
+        assert max(batches) == 6  # 1 + 2 images, guided
     finally:
         handle.remove()
-    assert gen.plain_cache.hits == 2
-    assert max(batches) == 4  # only the request with feedback (2 images, guided) ran
-    assert np.array_equal(np.asarray(again[0][0]), np.asarray(first[1][0]))
+    for a, b in zip(again, first):
+        assert np.array_equal(np.stack([np.asarray(i) for i in a]), np.stack([np.asarray(i) for i in b]))
 
 
 def test_out_of_memory_splits_the_batch_with_identical_images(tiny_generator, solid_images):

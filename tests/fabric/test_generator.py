@@ -97,8 +97,8 @@ def test_reference_pass_runs_only_on_steps_with_weight(tiny_generator, solid_ima
         handle.remove()
     if fuse:  # 1 liked + 1 disliked ride along with the 6 guided rows on the 3 active steps
         assert sizes == [6] * 5 + [8] * 3 + [6] * 2
-    else:  # one batched reference pass over 1 liked + 1 disliked before each active step's main pass
-        assert sizes == [6] * 5 + [2, 6] * 3 + [6] * 2
+    else:  # the liked and the disliked reference, each alone, before each active step's main pass
+        assert sizes == [6] * 5 + [1, 1, 6] * 3 + [6] * 2
 
 
 @pytest.mark.parametrize("fuse", [False, True])

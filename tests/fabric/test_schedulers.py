@@ -68,12 +68,12 @@ def test_every_supported_scheduler_runs_fabric_with_two_liked_and_two_disliked(p
     (separate, calls), (fused, fused_calls) = runs[False], runs[True]
     assert torch.isfinite(separate).all()
     # one main pass (guidance batch of 2) per evaluation, at least one per step (second-order
-    # samplers evaluate twice); one reference pass over the 2 + 2 references per distinct
+    # samplers evaluate twice); each of the 2 + 2 references alone (batch 1) once per distinct
     # timestep, since a repeated timestep reuses the cached reference tokens
     main = [t for b, t in calls if b == 2]
-    reference = [t for b, t in calls if b == 4]
+    reference = [t for b, t in calls if b == 1]
     assert len(main) >= P.steps and len(main) + len(reference) == len(calls)
-    assert sorted(reference) == sorted(set(main))
+    assert sorted(reference) == sorted(4 * sorted(set(main)))
     # fused: the references ride in the first main pass at each distinct timestep; a repeated
     # timestep's pass finds their tokens in the cache
     assert [t for b, t in fused_calls if b == 6] == list(dict.fromkeys(main))

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fabric.images import load_images
 from fabric.params import FabricParams
 from objectives.base import RewardModel
 from objectives.composite import MultiObjective
@@ -51,7 +52,7 @@ class ColourGenerator:
     ) -> list[Image.Image]:
         seeds = [seed] * n_images if isinstance(seed, int) else list(seed)
         assert len(seeds) == n_images
-        liked = list(liked)
+        liked, disliked = load_images(liked), load_images(disliked)  # images, paths or ReferenceImages
         if params.max_references is not None:
             liked = liked[-params.max_references :]
         self.calls.append(

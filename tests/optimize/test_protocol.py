@@ -9,7 +9,8 @@ from PIL import Image
 
 from fabric.errors import ConfigError
 from fabric.params import FabricParams
-from optimize.protocol import NonFiniteScoreError, Protocol, TrialEvaluator, choose_feedback, evaluate, image_seed
+from fabric.seeds import stable_seed
+from optimize.protocol import NonFiniteScoreError, Protocol, TrialEvaluator, choose_feedback, evaluate
 from optimize.space import FloatParam, SearchSpace
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -51,7 +52,9 @@ def test_common_random_numbers(standins, generator, red):
     assert [c["seeds"] for c in trial_calls] == [c["seeds"] for c in baseline_calls]
     assert len({tuple(s) for s in seeds}) == 9  # 3 prompts x 3 rounds
     assert (
-        image_seed(0, "train", 0, 1, 2, 3) == image_seed(0, "train", 0, 1, 2, 3) != image_seed(1, "train", 0, 1, 2, 3)
+        stable_seed(0, "train", 0, 1, 2, 3)
+        == stable_seed(0, "train", 0, 1, 2, 3)
+        != stable_seed(1, "train", 0, 1, 2, 3)
     )
 
 
