@@ -12,7 +12,16 @@ from PIL import Image, UnidentifiedImageError
 
 from fabric.errors import ImageError
 
-__all__ = ["ImageLike", "ReferenceImage", "load_image", "load_images", "load_reference", "image_key", "make_grid"]
+__all__ = [
+    "ImageLike",
+    "ReferenceImage",
+    "load_image",
+    "load_images",
+    "load_reference",
+    "image_key",
+    "make_grid",
+    "to_rgb",
+]
 
 
 @dataclass(frozen=True)
@@ -41,25 +50,44 @@ class ReferenceImage:
 
 ImageLike = Union[Image.Image, str, Path, ReferenceImage]
 
-# 8-bit modes that convert to RGB without losing meaning; 16-bit, float and CMYK-like modes
-# would be silently clipped or mis-coloured, so they are refused.
-_CONVERTIBLE_MODES = {"RGB", "RGBA", "L", "LA", "P"}
+# PIL modes with an alpha channel: composited on white, since transparent pixels have no colour
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+# integer modes wider than 8 bits (16-bit PNGs and TIFFs open as these) and float images
+_DEEP_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
-def _check_mode(img: Image.Image, where: str) -> Image.Image:
-    if img.mode not in _CONVERTIBLE_MODES:
-        raise ImageError(
-            f"{where}: unsupported image mode {img.mode!r} (16-bit, float or non-RGB colour space); "
-            "convert it to 8-bit RGB first"
-        )
+def to_rgb(img: Image.Image, where: str = "image") -> Image.Image:
+    """An 8-bit RGB copy of any still image PIL can read, as diffusers' ``load_image``, A1111 and
+    ComfyUI accept them.
+
+    Alpha is composited on white; palette, grayscale, bilevel, CMYK (print and stock workflows),
+    YCbCr and LAB convert through PIL; 16-bit integer images are scaled from ``[0, 65535]``
+    (32-bit ``I`` images holding 16-bit data, as PIL opens 16-bit PNGs, the same way), and float
+    images from ``[0, 1]`` when their values lie there, else from ``[0, 255]``, clipped.
+
+    Raises:
+        ImageError: a mode no image of this kind can be read in.
+    """
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA", "P"):
+    if img.mode in _ALPHA_MODES or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
-        # composite on white: transparent pixels have no defined colour
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    if img.mode in _DEEP_MODES:
+        import numpy as np
+
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 1.0
+        else:
+            scale = 255.0 / 65535.0 if np.nanmax(values, initial=0.0) > 255 or img.mode.startswith("I;16") else 1.0
+        eight = np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(eight, mode="L").convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ImageError(f"{where}: image mode {img.mode!r} cannot be converted to RGB ({exc})") from None
 
 
 def load_image(image: ImageLike) -> Image.Image:
@@ -67,7 +95,7 @@ def load_image(image: ImageLike) -> Image.Image:
     if isinstance(image, ReferenceImage):
         image = image.image
     if isinstance(image, Image.Image):
-        return _check_mode(image, "image")
+        return to_rgb(image, "image")
     if not isinstance(image, (str, Path)):
         raise ImageError(f"expected a PIL image or a path, got {type(image).__name__}")
     path = Path(image).expanduser()
@@ -76,7 +104,7 @@ def load_image(image: ImageLike) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return _check_mode(img, str(path))
+            return to_rgb(img, str(path))
     except ImageError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

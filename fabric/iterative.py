@@ -8,11 +8,12 @@
 
 from __future__ import annotations
 
-import secrets
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from PIL import Image
 
 from fabric.fabric_generator import FabricGenerator, drop_words
@@ -23,26 +24,32 @@ from fabric.seeds import stable_seed
 
 __all__ = ["IterativeFeedbackGenerator", "FeedbackSession"]
 
+logger = logging.getLogger(__name__)
+
 
 class IterativeFeedbackGenerator:
-    """The original FABRIC iterative wrapper.
+    """The original FABRIC iterative wrapper (sd-fabric/fabric ``fabric.iterative``), same signature.
 
     Args:
         generator: an :class:`~fabric.generator.AttentionBasedGenerator` or a
             :class:`~fabric.fabric_generator.FabricGenerator`.
         init_liked: images liked before the first round (kept across :meth:`reset`).
         init_disliked: images disliked before the first round.
+
+    Differences from the original, on purpose: prompt dropout is seeded by the round's seed (the
+    original draws from NumPy's global RNG), and the round counter counts every round.
     """
 
     def __init__(
         self,
         generator: AttentionBasedGenerator | FabricGenerator,
-        init_liked: Sequence[ImageLike] = (),
-        init_disliked: Sequence[ImageLike] = (),
+        init_liked: Sequence[ImageLike] = [],  # noqa: B006 - the original's defaults; copied, never mutated
+        init_disliked: Sequence[ImageLike] = [],  # noqa: B006
     ) -> None:
         self.generator = generator
         self.init_liked = load_images(init_liked)
         self.init_disliked = load_images(init_disliked)
+        self.last_seed: int | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -65,11 +72,15 @@ class IterativeFeedbackGenerator:
     ):
         """Generate one round with the feedback given so far.
 
-        ``seed=None`` draws a fresh seed (returned with ``return_params=True``), so a round can
-        always be reproduced. Other keyword arguments go to the underlying ``generate``.
+        ``seed=None`` draws the round's seed from torch's global RNG, as the original does, so
+        ``torch.manual_seed`` before the call reproduces it; the seed is logged, kept in
+        :attr:`last_seed` and returned with ``return_params=True``. Other keyword arguments go to
+        the underlying ``generate``.
         """
         if seed is None:
-            seed = secrets.randbelow(2**31)
+            seed = int(torch.randint(0, 2**32, (1,)).item())
+            logger.info("round %d: seed=None, drew seed %d from torch's global RNG", self.round, seed)
+        self.last_seed = seed
         prompts = [drop_words(prompt, prompt_dropout, stable_seed("dropout", seed, i)) for i in range(n_images)]
         if isinstance(self.generator, FabricGenerator):
             images = self.generator.generate(
@@ -92,9 +103,15 @@ class IterativeFeedbackGenerator:
             }
         return images
 
-    def give_feedback(self, liked: Sequence[ImageLike] = (), disliked: Sequence[ImageLike] = ()) -> None:
+    def give_feedback(
+        self,
+        liked: Sequence[ImageLike] = [],  # noqa: B006 - the original's defaults; never mutated
+        disliked: Sequence[ImageLike] = [],  # noqa: B006
+    ) -> tuple[list[Image.Image], list[Image.Image]]:
+        """Add to the liked and disliked lists; returns copies of both, as the original."""
         self.liked.extend(load_images(liked))
         self.disliked.extend(load_images(disliked))
+        return list(self.liked), list(self.disliked)
 
 
 @dataclass

@@ -236,9 +236,13 @@ def load_loras(pipeline, loras: Iterable[str | Path | tuple[str | Path, float]])
 
 
 def negative_prefix_of(infos: Iterable[LoraInfo]) -> str:
-    """The negative-prompt prefix that a set of loaded LoRAs asks for (each prefix once)."""
+    """The negative-prompt prefix that a set of loaded LoRAs asks for (each prefix once).
+
+    A LoRA at scale 0 is switched off, so its prefix is not asked for either: the result is then
+    the base model's, bit for bit.
+    """
     seen: list[str] = []
     for info in infos:
-        if info.negative_prefix and info.negative_prefix not in seen:
+        if info.scale != 0 and info.negative_prefix and info.negative_prefix not in seen:
             seen.append(info.negative_prefix)
     return "".join(seen)

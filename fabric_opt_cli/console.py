@@ -124,20 +124,21 @@ def print_summary(outcome: StudyOutcome) -> None:
     from optuna.trial import TrialState
 
     from optimize.tracking import ui_command
+    from optimize.workers import budget_trials
 
     console = get_console()
     study, config = outcome.study, outcome.config
-    counts = {s: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-    for t in study.get_trials(deepcopy=False):
-        if t.state in counts:
-            counts[t.state] += 1
-    finished = sum(counts.values())
+    counted = budget_trials(study)
+    counts = {s: sum(t.state == s for t in counted) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    died = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))) - counts[TrialState.FAIL]
+    finished = len(counted)
     verb = "resumed" if outcome.resumed else "created"
     console.print(f"[bold]Study {study.study_name}[/bold] ({verb}; storage {outcome.storage})")
+    lost = f"; {died} lost with their worker, retried and not counted" if died else ""
     console.print(
         f"trials: {finished} of {config.trials} finished ({counts[TrialState.COMPLETE]} complete, "
-        f"{counts[TrialState.PRUNED]} pruned, "
-        f"{counts[TrialState.FAIL]} failed); {len(outcome.new_trials)} run now"
+        f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed{lost}); "
+        f"{len(outcome.new_trials)} run now"
     )
     if finished >= config.trials and not outcome.new_trials:
         console.print(f"the budget of {config.trials} trials is spent; pass --trials N (> {config.trials}) to run more")

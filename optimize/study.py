@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from fabric.errors import ConfigError, FabricOptError
-from optimize.workers import finished_states
+from optimize.workers import budget_trials
 
 if TYPE_CHECKING:
     import optuna
@@ -182,8 +182,9 @@ class StorageSpec:
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Trials that count against the budget: complete, pruned or failed."""
-    return study.get_trials(deepcopy=False, states=finished_states())
+    """Trials that count against the budget (:func:`optimize.workers.budget_trials`): complete,
+    pruned, or failed by themselves; a trial whose worker died is retried and does not count."""
+    return budget_trials(study)
 
 
 def open_study(name: str, storage: StorageSpec) -> tuple[optuna.Study, StudyConfig]:
@@ -586,7 +587,7 @@ def run_study(
             study.optimize(
                 objective,
                 n_trials=to_run,
-                callbacks=[optuna.study.MaxTrialsCallback(config.trials, states=finished_states()), after_trial, guard],
+                callbacks=[after_trial, guard, lambda study, trial: study.stop() if guard.spent() else None],
                 catch=CATCH,
                 gc_after_trial=False,
             )

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "finished_states",
+    "budget_trials",
+    "died_with_worker",
     "CATCH",
     "ERROR_ATTR",
     "FAIL_REASON_ATTR",
@@ -46,7 +48,7 @@ __all__ = [
 
 
 def finished_states() -> tuple:
-    """Trial states that count against a study's budget: complete, pruned and failed."""
+    """Trial states of a finished trial: complete, pruned and failed."""
     from optuna.trial import TrialState
 
     return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -61,6 +63,7 @@ FAIL_REASON_ATTR = "fail_reason"
 WORKER_ATTR = "fabric_opt_worker"
 RETRY_OF_ATTR = "retry_of"
 _MAX_ERROR = 300
+_DIED = "WorkerDied"  # the start of the reason recover_dead_trials records
 
 
 def worker_identity() -> dict[str, Any]:
@@ -101,6 +104,27 @@ def guard_objective(objective: Callable[[optuna.Trial], Any]) -> Callable[[optun
 
     guarded.__wrapped__ = objective  # type: ignore[attr-defined]
     return guarded
+
+
+def died_with_worker(trial: optuna.trial.FrozenTrial, retried: set[int]) -> bool:
+    """Whether a failed trial failed because its worker died (killed, crashed machine, lost
+    heartbeat) rather than by itself: :func:`recover_dead_trials` says so in its reason, and a
+    trial whose parameters were enqueued again (``retry_of``; heartbeat failures too) is in ``retried``."""
+    from optuna.trial import TrialState
+
+    if trial.state != TrialState.FAIL:
+        return False
+    reason = str(trial.system_attrs.get(FAIL_REASON_ATTR) or trial.user_attrs.get(ERROR_ATTR) or "")
+    return reason.startswith(_DIED) or trial.number in retried
+
+
+def budget_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The trials that count against a study's budget: complete, pruned, and failed by themselves
+    (an exception, a NaN reward). A trial that died with its worker is retried (or was never
+    measured) and does not count: a user who asks for 40 trials gets 40 that ran to the end."""
+    trials = study.get_trials(deepcopy=False, states=finished_states())
+    retried = {t.user_attrs[RETRY_OF_ATTR] for t in study.get_trials(deepcopy=False) if RETRY_OF_ATTR in t.user_attrs}
+    return [t for t in trials if not died_with_worker(t, retried)]
 
 
 def pid_alive(pid: int) -> bool:
@@ -146,7 +170,7 @@ def recover_dead_trials(study: optuna.Study, tracker: Any = None) -> list[int]:
         who = trial.system_attrs.get(WORKER_ATTR)
         if not isinstance(who, dict) or who.get("host") != host or pid_alive(int(who.get("pid", -1))):
             continue
-        reason = f"WorkerDied: worker pid {who.get('pid')} on {host} ended during the trial"
+        reason = f"{_DIED}: worker pid {who.get('pid')} on {host} ended during the trial"
         storage = study._storage
         try:  # the reason first: a finished trial cannot be updated
             storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, reason)
@@ -233,8 +257,8 @@ class BudgetGuard:
         from optuna.trial import TrialState
 
         self._acquire()
-        states = (*finished_states(), TrialState.RUNNING)
-        if len(self.study.get_trials(deepcopy=False, states=states)) < self.budget:
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if len(budget_trials(self.study)) + len(running) < self.budget:
             return True
         self._release()
         return False
@@ -245,6 +269,10 @@ class BudgetGuard:
             return
         if not self.claim():
             study.stop()
+
+    def spent(self) -> bool:
+        """Whether the trials that count (:func:`budget_trials`) fill the budget."""
+        return len(budget_trials(self.study)) >= self.budget
 
     def _acquire(self) -> None:
         try:

@@ -180,3 +180,44 @@ def test_groups_that_do_not_cover_the_batch_are_an_error():
     state.layers["layer"] = (ref, ref)
     with pytest.raises(RuntimeError, match="do not cover"):
         FabricAttnProcessor("layer", state, attn.processor)(attn, torch.randn(4, 6, 16, dtype=torch.float64))
+
+
+def test_with_no_references_the_processor_is_diffusers_own():
+    """Delegation is bit for bit, and FABRIC's own attention over zero reference tokens computes
+    what diffusers' AttnProcessor2_0 computes (the extended path without anything to extend)."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    attn = _attention_layer()
+    x = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = AttnProcessor2_0()(attn, x)
+    off = FabricState(mode="off")
+    assert torch.equal(FabricAttnProcessor("layer", off, attn.processor)(attn, x), expected)
+    nothing = FabricState(mode="inject", guidance=True)
+    nothing.layers["layer"] = (LayerReferences(pos=None, neg=None, pos_weight=0.0, neg_weight=0.0),)
+    assert torch.equal(FabricAttnProcessor("layer", nothing, attn.processor)(attn, x), expected)
+    empty = torch.empty(0, 16, dtype=torch.float64)  # references present, with no tokens
+    zero = FabricState(mode="inject", guidance=True)
+    zero.layers["layer"] = (LayerReferences(pos=empty, neg=empty, pos_weight=1.0, neg_weight=1.0),)
+    torch.testing.assert_close(
+        FabricAttnProcessor("layer", zero, attn.processor)(attn, x), expected, rtol=0, atol=1e-12
+    )
+
+
+def test_the_whole_unet_with_fabric_processors_and_nothing_to_inject_is_unchanged(tiny_generator):
+    unet = tiny_generator.pipeline.unet
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(2, unet.config.in_channels, 8, 8, generator=g)
+    text = torch.randn(2, 4, unet.config.cross_attention_dim, generator=g)
+    with torch.no_grad():
+        expected = unet(sample, 10, encoder_hidden_states=text).sample
+        previous = dict(unet.attn_processors)
+        state = FabricState(mode="off")
+        unet.set_attn_processor(
+            {k: FabricAttnProcessor(k[: -len(".processor")], state, p) if k.endswith("attn1.processor") else p
+             for k, p in previous.items()}
+        )  # fmt: skip
+        try:
+            got = unet(sample, 10, encoder_hidden_states=text).sample
+        finally:
+            unet.set_attn_processor(previous)
+    assert torch.equal(got, expected)

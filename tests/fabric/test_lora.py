@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from fabric import FabricParams
 from fabric.errors import InvalidParameterError, ModelLoadError
@@ -121,20 +123,23 @@ def test_hps_lora_prefixes_the_negative_prompt_once(hps_file, solid_images):
     from fabric.tiny import build_tiny_pipeline
 
     assert load_lora(build_tiny_pipeline(), hps_file).negative_prefix == HPS_NEGATIVE_PREFIX == "Weird image. "
-    gen = _gen(lora=[(str(hps_file), 0.0)])  # scale 0: the prefix is the only difference from the base
+    gen = _gen(lora=[(str(hps_file), 1.0)])
     assert gen.negative_prefix == "Weird image. "
-    plain = _gen()
     a = gen.generate("x", negative_prompt="blurry", params=P, n_images=1, output_type="latent")
-    b = plain.generate("x", negative_prompt="Weird image. blurry", params=P, n_images=1, output_type="latent")
-    c = gen.generate("x", negative_prompt="Weird image. blurry", params=P, n_images=1, output_type="latent")
-    d = plain.generate("x", negative_prompt="blurry", params=P, n_images=1, output_type="latent")
-    assert torch.equal(a, b) and torch.equal(c, b) and not torch.equal(a, d)
+    b = gen.generate("x", negative_prompt="Weird image. blurry", params=P, n_images=1, output_type="latent")
+    c = gen.generate(
+        "x", negative_prompt="Weird image. Weird image. blurry", params=P, n_images=1, output_type="latent"
+    )
+    assert torch.equal(a, b) and not torch.equal(a, c)  # added once, never twice
 
 
-def test_scale_zero_is_the_base_model_with_feedback(hps_file, base, solid_images):
-    gen = _gen(lora=[(str(hps_file), 0.0)], negative_prefix="")
-    base.clear_caches()  # both record their references afresh: the same batches, bit for bit
+def test_scale_zero_is_the_base_model_bit_for_bit(hps_file, base, solid_images):
+    gen = _gen(lora=[(str(hps_file), 0.0)])  # switched off: no weights and no "Weird image. " prefix
+    assert gen.negative_prefix == ""
+    base.clear_caches()
     assert torch.equal(_latents(gen, solid_images), _latents(base, solid_images))
+    plain = dict(negative_prompt="blurry", params=P, n_images=1, output_type="latent")
+    assert torch.equal(gen.generate("x", **plain), base.generate("x", **plain))
 
 
 def test_diffusers_format_lora_from_reward_finetuning_loads_with_its_scale(tmp_path, base, solid_images):
@@ -242,7 +247,13 @@ def test_cli_lora_option_reaches_the_generator_and_the_sidecar(hps_file, tmp_pat
     assert info.value.code == 0, capsys.readouterr().err
     sidecar = json.loads((out / "fabric.json").read_text())
     assert sidecar["lora"] == [{"path": str(hps_file.resolve()), "scale": 0.0}]
-    assert sidecar["negative_prefix"] == "Weird image. "
+    assert sidecar["negative_prefix"] == ""  # scale 0 switches the HPS LoRA off, its prefix included
+    # ... so the images are the base model's, bit for bit
+    base = tmp_path / "base"
+    with pytest.raises(SystemExit) as info:
+        main([*argv[: argv.index("--lora")], "--out", str(base)])
+    assert info.value.code == 0
+    assert np.array_equal(np.asarray(Image.open(out / "image_00.png")), np.asarray(Image.open(base / "image_00.png")))
 
     with pytest.raises(SystemExit) as info:
         main(["generate", "--prompt", "x", "--model-type", "sd3", "--out", str(tmp_path / "bad")])

@@ -56,13 +56,11 @@ def test_generate_writes_images_grid_and_sidecar_that_reproduces_the_run(tmp_pat
 def _bad_images(tmp_path):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
-    cmyk = tmp_path / "cmyk.jpg"
-    Image.new("CMYK", (32, 32), (0, 255, 0, 0)).save(cmyk)
-    deep = tmp_path / "deep.png"
-    Image.fromarray(np.full((32, 32), 40000, dtype=np.uint16)).save(deep)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
     bad_preset = tmp_path / "preset.json"
     bad_preset.write_text(json.dumps({"format": "fabric-opt.preset", "version": 1, "params": {"max_weight": -1}}))
-    return {"corrupt": corrupt, "cmyk": cmyk, "deep": deep, "preset": bad_preset}
+    return {"corrupt": corrupt, "empty": empty, "preset": bad_preset}
 
 
 @pytest.mark.parametrize(
@@ -70,8 +68,7 @@ def _bad_images(tmp_path):
     [
         (["--liked", "{tmp}/missing.png"], "image not found"),
         (["--liked", "{corrupt}"], "cannot read image"),
-        (["--disliked", "{cmyk}"], "unsupported image mode"),
-        (["--liked", "{deep}"], "unsupported image mode"),
+        (["--liked", "{empty}"], "cannot read image"),
         (["--feedback-start", "0.9", "--feedback-end", "0.2"], "must not exceed"),
         (["--max-weight", "-0.5"], "max_weight must be >= 0"),
         (["--prompt-dropout", "1"], "prompt_dropout"),
@@ -106,3 +103,17 @@ def test_log_level_comes_from_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("FABRIC_OPT_LOG_LEVEL", "info")
     code, _, _ = run(["--help"], capsys)
     assert code == 0 and root.level == logging.INFO
+
+
+def test_everyday_image_files_are_accepted_as_references(tmp_path, capsys):
+    """CMYK JPEGs (print and stock workflows) and 16-bit PNGs (scanners, HDR tools) are read as
+    diffusers' load_image, A1111 and ComfyUI read them."""
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (32, 32), (0, 255, 0, 0)).save(cmyk)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.full((32, 32), 40000, dtype=np.uint16)).save(deep)
+    out = tmp_path / "out"
+    argv = ["generate", "--prompt", "a circle", "--liked", str(cmyk), "--disliked", str(deep), "--steps", "2"]
+    code, _, err = run([*argv, "--n-images", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert (out / "image_00.png").is_file()

@@ -24,7 +24,15 @@ from objectives.base import RewardModel
 from optimize.config import load_study_config
 from optimize.study import Components, StorageSpec, run_study
 from optimize.tracking import NullTracker
-from optimize.workers import ERROR_ATTR, FAIL_REASON_ATTR, WORKER_ATTR, error_line, pid_alive, recover_dead_trials
+from optimize.workers import (
+    ERROR_ATTR,
+    FAIL_REASON_ATTR,
+    WORKER_ATTR,
+    budget_trials,
+    error_line,
+    pid_alive,
+    recover_dead_trials,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -112,6 +120,7 @@ def test_a_trial_that_raises_fails_alone_and_the_study_goes_on(standins, red, fa
     assert failed.user_attrs[ERROR_ATTR] == expected and failed.system_attrs[FAIL_REASON_ATTR] == expected
     assert failed.system_attrs[WORKER_ATTR] == {"host": os.uname().nodename, "pid": os.getpid()}
     assert out.new_trials == (0, 1, 2)
+    assert len(budget_trials(out.study)) == 3  # a trial that failed by itself counts against the budget
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
@@ -297,13 +306,16 @@ def test_kill_9_mid_trial_then_resume_loses_nothing(tmp_path):
     states = {t.number: t.state.name for t in study.trials}
     assert states[killed] == "FAIL" and "WorkerDied" in study.trials[killed].user_attrs[ERROR_ATTR]
     assert all(study.trials[n].values == v for n, v in before.items())  # no completed trial lost
-    finished = [s for s in states.values() if s in ("COMPLETE", "FAIL", "PRUNED")]
-    failed = [s for s in states.values() if s == "FAIL"]
-    assert len(finished) == 3 and "RUNNING" not in states.values()
-    assert len([s for s in states.values() if s == "COMPLETE"]) == 3 - len(failed)
+    # the killed trial died with its worker: it is retried and does not count against the budget,
+    # so the resumed study, asked for the same 3 trials, ends with 3 complete ones
+    assert "RUNNING" not in states.values()
+    assert [s for s in states.values() if s == "FAIL"] == ["FAIL"]
+    assert len([s for s in states.values() if s == "COMPLETE"]) == 3
+    assert len(budget_trials(study)) == 3 and killed not in {t.number for t in budget_trials(study)}
     retried = [t for t in study.trials if t.user_attrs.get("retry_of") == killed]
     assert retried and retried[0].state.name == "COMPLETE"
     assert retried[0].params == study.trials[killed].params  # the same point is measured again
+    assert "1 lost with their worker, retried and not counted" in again.stdout
 
 
 # ---- several workers on one study -----------------------------------------------------------
