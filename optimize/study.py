@@ -611,10 +611,11 @@ def run_study(
     tokens = getattr(components.generator, "state_cache", None)
     if tokens is not None and tokens.hits + tokens.misses:
         logger.info(
-            "reference tokens (one reference at one step): %d reused, %d recorded, %d not kept (--token-cache-gb)",
+            "reference tokens (one reference at one step): %d reused, %d recorded, %d not kept (cache_bytes)",
             tokens.hits,
             tokens.misses,
             tokens.rejected,
+            extra={"option": "cache_bytes"},
         )
 
     # 5. Recommendation, presets, plots
