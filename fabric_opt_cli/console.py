@@ -133,9 +133,9 @@ class RichProgress:
     def phase(self, description: str, completed: int | None = None) -> None:
         """Rename the replay bar (and set its count, e.g. after rounds read from a cache)."""
         if self.work is not None:
-            self.bar.update(
-                self.work, description=description, **({} if completed is None else {"completed": completed})
-            )
+            self.bar.update(self.work, description=description)
+            if completed is not None:
+                self.bar.update(self.work, completed=completed)
 
     def _drop_work(self) -> None:
         if self.work is not None:

@@ -373,7 +373,9 @@ def a1111_schedule(params: FabricParams) -> A1111Schedule:
             f"weight {min_w:g}"
         )
         return A1111Schedule(0.0, 1.0, min_w, min_w, neg, tuple(notes))
-    if n == 1:
+    if n == 1 or min_w == max_w:
+        if n > 1:
+            notes.append(f"one weight, {max_w:g}, on all {n} steps: fabric_start 0, fabric_end 1")
         return A1111Schedule(0.0, 1.0, min_w, max_w, neg, tuple(notes))
     i0, i1 = steps[0], steps[-1]
     start = 0.0 if i0 == 0 else _grid_inside((i0 - 1) / (n - 1), i0 / (n - 1), A1111_RANGE_STEP)
@@ -431,7 +433,9 @@ def parse_a1111(text: str) -> dict[str, Any]:
     if not lines or not lines[-1].strip():
         raise ConfigError("empty A1111 generation parameters")
     params_line = lines[-1]
-    prompt_lines, negative_lines, in_negative = [], [], False
+    prompt_lines: list[str] = []
+    negative_lines: list[str] = []
+    in_negative = False
     for line in lines[:-1]:
         if line.startswith("Negative prompt:"):
             in_negative = True
@@ -664,7 +668,7 @@ class _Graph:
     def __init__(self) -> None:
         self.nodes: list[tuple[int, str, str, dict[str, Any]]] = []
 
-    def add(self, class_type: str, title: str | None = None, **inputs: Any) -> int:
+    def add(self, class_type: str, title: str | None = None, /, **inputs: Any) -> int:
         node_id = len(self.nodes) + 1
         self.nodes.append((node_id, class_type, title or COMFY_NODES[class_type][0], inputs))
         return node_id
@@ -687,10 +691,11 @@ class _Graph:
         links: list[list[Any]] = []
         out_links: dict[tuple[int, int], list[int]] = {}
         depth: dict[int, int] = {}
-        nodes = []
+        nodes: list[dict[str, Any]] = []
         for order, (node_id, class_type, title, inputs) in enumerate(self.nodes):
             _, declared, outputs = COMFY_NODES[class_type]
-            ui_inputs, widgets = [], []
+            ui_inputs: list[dict[str, Any]] = []
+            widgets: list[Any] = []
             for name, kind in declared:
                 value = inputs.get(name)
                 if kind in _WIDGETS:
@@ -794,7 +799,7 @@ def _export_comfyui(params: FabricParams, context: ExportContext) -> Export:
         return batch
 
     pos_latents, neg_latents = references(liked, "Liked"), references(disliked, "Disliked")
-    common = {
+    common: dict[str, Any] = {
         "model": model, "seed": context.seed, "steps": params.steps, "cfg": params.guidance_scale,
         "sampler_name": sampler_name, "scheduler": scheduler, "positive": _Link(positive, 0),
         "negative": _Link(negative, 0), "latent_image": _Link(latent, 0), "denoise": 1.0,

@@ -60,7 +60,10 @@ def check_frontend(frontend: Any) -> str | None:
 
 def fixed_values(frontend: str) -> dict[str, Any]:
     """FabricParams fields a frontend-compatible space fixes, with their values."""
-    return dict(_FIXED[check_frontend(frontend) or ""])
+    name = check_frontend(frontend)
+    if name is None:
+        raise ConfigError("fixed_values needs a frontend")
+    return dict(_FIXED[name])
 
 
 def snap(value: float, step: float) -> float:
@@ -72,11 +75,12 @@ def snap(value: float, step: float) -> float:
 def frontend_params(params: FabricParams, frontend: str | None) -> FabricParams:
     """The parameters ``frontend`` applies for ``params``: uncarried fields at their neutral value,
     A1111 weights and CFG on the sliders' grid (``min_weight`` never above ``max_weight``)."""
-    if check_frontend(frontend) is None:
+    name = check_frontend(frontend)
+    if name is None:
         return params
     fields = params.to_dict()
-    fields.update(_FIXED[frontend])
-    if frontend == "a1111":
+    fields.update(_FIXED[name])
+    if name == "a1111":
         fields["max_weight"] = snap(fields["max_weight"], A1111_WEIGHT_STEP)
         fields["min_weight"] = min(fields["max_weight"], snap(fields["min_weight"], A1111_WEIGHT_STEP))
         fields["neg_scale"] = snap(fields["neg_scale"], A1111_WEIGHT_STEP)

@@ -672,7 +672,7 @@ class TrialEvaluator:
         if bad:
             split, p, r = where
             raise NonFiniteScoreError(
-                f"objective '{objective.name}' returned {bad[0]} for {split} prompt {p}, round {r}; "
+                f"objective '{objective.name}' returned {bad[0]} for {split} prompt {p + 1}, round {r + 1}; "
                 "the trial fails rather than feed it to the sampler"
             )
         return values

@@ -209,8 +209,9 @@ class SearchSpace:
     def __post_init__(self) -> None:
         params = tuple(self.params)
         fixed = dict(self.fixed)
-        if check_frontend(self.frontend) is not None:
-            for name, value in fixed_values(self.frontend).items():
+        frontend = check_frontend(self.frontend)
+        if frontend is not None:
+            for name, value in fixed_values(frontend).items():
                 derived = next((d for d, t in DERIVED_PARAMS.items() if t == name), None)
                 searched = [n for n in (name, derived) if n is not None and any(p.name == n for p in params)]
                 if searched:
@@ -279,9 +280,10 @@ class SearchSpace:
     def for_frontend(self, frontend: str | None) -> SearchSpace:
         """This space restricted to what ``frontend`` can carry: the parameters it cannot carry (and
         their reparameterisations) are dropped, then fixed (see module docs)."""
-        if check_frontend(frontend) is None:
+        name = check_frontend(frontend)
+        if name is None:
             return dataclasses.replace(self, frontend=None)
-        drop = set(fixed_values(frontend))
+        drop = set(fixed_values(name))
         drop |= {d for d, t in DERIVED_PARAMS.items() if t in drop}
         fixed = {k: v for k, v in self.fixed.items() if k not in drop}
         return SearchSpace(tuple(p for p in self.params if p.name not in drop), fixed, self.base, frontend)
@@ -373,7 +375,7 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :meth:`from_dict` reads back into an equal space."""
-        out = {
+        out: dict[str, Any] = {
             "base": self.base.to_dict(),
             "parameters": {p.name: p.to_dict() for p in self.params},
             "fixed": dict(self.fixed),

@@ -489,8 +489,8 @@ class StudyOutcome:
         presets: exported preset files (``json`` first).
         plots: written plot files.
         tracking_uri: the MLflow tracking URI (``None`` when tracking was off or failed).
-        parent_run_id: the study's MLflow parent run.
-        tracking_url: where the parent run can be seen (a link for tracking servers).
+        parent_run_id: the study's MLflow study run (the name is historical).
+        tracking_url: where the study's runs can be seen (a link for tracking servers).
         tracking_failure: why tracking stopped, if it did.
         run_dir: the study's folder under the runs dir.
         experiment_id: the study's MLflow experiment.
@@ -760,7 +760,7 @@ def finish_study(
     study: optuna.Study, config: StudyConfig, tracker: Tracker, run_dir: str | Path
 ) -> tuple[Recommendation | None, list[Path], list[Path]]:
     """Recommend, export the recommendation in every format, plot, and attach it all to the
-    parent run. Returns ``(recommendation, preset files, plot files)``."""
+    study run. Returns ``(recommendation, preset files, plot files)``."""
     from optimize.export import DEFAULT_EXTENSIONS, available_formats, export_params
     from optimize.recommend import recommend
     from optimize.report import objective_labels, param_importances, save_plots, write_trial_table

@@ -283,13 +283,13 @@ class Tracker:
     experiment_id: str | None = None
 
     def start_study(self, study: optuna.Study, config: StudyConfig) -> None:
-        """Open (or reopen) the study's experiment and parent run."""
+        """Open (or reopen) the study's experiment and study run."""
 
     def log_baseline(self, objective_names: Sequence[str], baseline: Sequence[Sequence[Sequence[float]]]) -> None:
         """The no-feedback baseline, ``[prompt][round][objective]``, as per-round means."""
 
     def start_trial(self, trial: optuna.Trial, search_values: Mapping[str, Any], params: Mapping[str, Any]) -> None:
-        """Open the trial's child run with its parameters."""
+        """Open the trial's trial run with its parameters."""
 
     def log_round(
         self,
@@ -305,22 +305,22 @@ class Tracker:
         protocol counts; ``choice`` the user's liked and disliked image)."""
 
     def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """The finished trial's metrics and state; the parent's best-so-far."""
+        """The finished trial's metrics and state; the study run's best-so-far."""
 
     def fail_trial(self, trial_number: int, state: str = "FAIL") -> None:
         """Close a trial's run when the trial raised past the study (interrupt, error)."""
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str) -> None:
-        """Files attached to the parent run under ``artifact_path``."""
+        """Files attached to the study run under ``artifact_path``."""
 
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
-        """Tags on the parent run (e.g. the recommended trial)."""
+        """Tags on the study run (e.g. the recommended trial)."""
 
     def end_study(self, status: str = "FINISHED") -> None:
-        """Close the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        """Close the study run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
 
     def run_url(self) -> str | None:
-        """Where the parent run can be seen, when known."""
+        """Where the study run can be seen, when known."""
         return None
 
 
@@ -425,14 +425,14 @@ class MlflowTracker(Tracker):
                     self.client.update_run(run_id, status="RUNNING")
                     self.parent_run_id = run_id
                     self._trial_runs = {}
-                    logger.info("resuming MLflow parent run %s of study %s", run_id, study.study_name)
+                    logger.info("resuming MLflow study run %s of study %s", run_id, study.study_name)
                     return
             except MlflowException:
                 pass
-            logger.warning("the study's MLflow parent run %s is gone from %s; starting a new one", run_id, self.uri)
+            logger.warning("the study's MLflow study run %s is gone from %s; starting a new one", run_id, self.uri)
         elif run_id:
             logger.warning(
-                "study %s was tracked at %s; logging to %s under a new parent run",
+                "study %s was tracked at %s; logging to %s under a new study run",
                 study.study_name,
                 previous_uri,
                 self.uri,
@@ -612,7 +612,7 @@ class MlflowTracker(Tracker):
 
     @_guarded
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
-        """Tags on the parent run (e.g. the recommended trial)."""
+        """Tags on the study run (e.g. the recommended trial)."""
         from mlflow.entities import RunTag
 
         if self.parent_run_id is not None:
@@ -627,10 +627,10 @@ class MlflowTracker(Tracker):
 
     @_guarded
     def attach(self, study: optuna.Study) -> bool:
-        """Reopen a study's parent run for logging (``report``, ``export``) without a config.
+        """Reopen a study's study run for logging (``report``, ``export``) without a config.
 
         Returns:
-            Whether the study has a parent run in this tracking store.
+            Whether the study has a study run in this tracking store.
         """
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         if not run_id or study.user_attrs.get(TRACKING_URI_ATTR) != self.uri:
@@ -644,7 +644,7 @@ class MlflowTracker(Tracker):
     def run_url(self) -> str | None:
         if self.parent_run_id is None:
             return None
-        if self.uri.startswith(("http://", "https://")):
+        if self.uri and self.uri.startswith(("http://", "https://")):
             return ui_url(self.uri, self.experiment_id)
         return f"run {self.parent_run_id} in experiment {self._study_name or self.experiment_id}"
 

@@ -114,7 +114,7 @@ def test_pruner_stops_bad_trials_early(generator, red):
 
 def test_non_finite_scores_fail_the_trial(standins, generator):
     evaluator = make(generator, standins.NaNObjective(), value="final")
-    with pytest.raises(NonFiniteScoreError, match="returned nan for train prompt 0, round 0"):
+    with pytest.raises(NonFiniteScoreError, match="returned nan for train prompt 1, round 1"):
         evaluator.evaluate(FabricParams(steps=2))
     study = optuna.create_study()
     study.optimize(evaluator, n_trials=1, catch=(NonFiniteScoreError,))
