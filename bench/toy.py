@@ -235,7 +235,7 @@ def tuning_cost(study: str, presets: dict[str, Path]) -> dict:
             final: list = []
             scores_final: list = []
 
-            def keep(_p, r, images, scores):
+            def keep(_p, r, images, scores, _choice):
                 if r == last:
                     final.extend(images)
                     scores_final.extend(next(iter(scores.values())))

@@ -14,6 +14,7 @@ __all__ = [
     "ModelLoadError",
     "WeightsNotFoundError",
     "ConfigError",
+    "ErrorGroup",
 ]
 
 
@@ -56,3 +57,12 @@ class WeightsNotFoundError(ModelLoadError):
 
 class ConfigError(FabricOptError):
     """A study file, search-space file, preset or prompt file is invalid."""
+
+
+class ErrorGroup(FabricOptError):
+    """Several user errors found by one check (e.g. every missing weight and the model), raised together
+    so one run shows them all. ``errors`` holds them, each with its own ``option``/``example``."""
+
+    def __init__(self, errors: list[FabricOptError] | tuple[FabricOptError, ...]) -> None:
+        self.errors = tuple(errors)
+        super().__init__(f"{len(self.errors)} problems: " + "; ".join(str(e) for e in self.errors))

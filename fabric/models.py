@@ -173,10 +173,81 @@ def _from_pretrained(source: str, device, dtype):
     try:
         pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=dtype, safety_checker=None)
     except (OSError, ValueError) as exc:
+        # diffusers ends some messages with "check out the root cause in the stacktrace above": there is none here
+        reason = first_line(exc).split(" Please check out the root cause")[0].rstrip(". ")
         raise ModelLoadError(
-            f"could not load model {source!r}: {first_line(exc)} (offline? pass a local folder or checkpoint file)"
+            f"could not load model {source!r}: {reason}; with no network, download it once online or give a local "
+            "diffusers folder or .safetensors/.ckpt file",
+            option="model",
+            example="PATH",
         ) from None
     return pipe.to(device)
+
+
+def check_model(model: str | Path) -> None:
+    """Raise :class:`~fabric.errors.ModelLoadError` now if :func:`load_pipeline` could not find ``model``.
+
+    Cheap: it checks names, paths and, for a hub id, the Hugging Face cache (and, when the hub is
+    not offline, one HEAD request); it loads nothing. Errors name the argument that fixes them
+    (``option="model"``).
+    """
+    import os
+
+    name = str(model)
+    path = Path(name).expanduser()
+    try:
+        if _named_builder(name) is not None:
+            return
+    except ModelLoadError as exc:
+        raise ModelLoadError(str(exc), option="model", example="PATH") from None
+    fix = "download it once with the hub online, or give a local diffusers folder or .safetensors/.ckpt file"
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise ModelLoadError(f"checkpoint file not found: {path}", option="model", example="PATH")
+        return
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json)", option="model", example="PATH"
+            )
+        return
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelLoadError(
+            f"unknown model {name!r}: expected one of {', '.join(available_models())}, a diffusers folder, "
+            "a .safetensors/.ckpt file, or a hub id like 'org/name'",
+            option="model",
+            example="PATH",
+        )
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    if isinstance(huggingface_hub.try_to_load_from_cache(name, "model_index.json"), str):
+        return
+    offline = constants.HF_HUB_OFFLINE or any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+    if offline:
+        raise ModelLoadError(
+            f"model {name!r} is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE): {fix}",
+            option="model",
+            example="PATH",
+        )
+    try:
+        found = huggingface_hub.file_exists(name, "model_index.json")
+    except Exception as exc:  # noqa: BLE001 - httpx/requests/hub errors differ across versions
+        raise ModelLoadError(
+            f"model {name!r} is not in the Hugging Face cache and the hub is unreachable "
+            f"({first_line(exc)[:80]}): {fix}",
+            option="model",
+            example="PATH",
+        ) from None
+    if not found:
+        raise ModelLoadError(
+            f"hub repository {name!r} has no model_index.json (not a diffusers pipeline)",
+            option="model",
+            example="PATH",
+        )
 
 
 # ---- single-file checkpoints ------------------------------------------------------------------

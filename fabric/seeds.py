@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["stable_seed", "cpu_generators"]
 
@@ -25,6 +27,8 @@ def stable_seed(*parts: object) -> int:
 
 def cpu_generators(seed: int | Sequence[int]) -> torch.Generator | list[torch.Generator]:
     """CPU ``torch.Generator``\\ s (the same draws on every device): one for ``seed``, or one per seed."""
+    import torch
+
     if isinstance(seed, int):
         return torch.Generator("cpu").manual_seed(seed)
     return [torch.Generator("cpu").manual_seed(s) for s in seed]

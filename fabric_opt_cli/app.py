@@ -59,7 +59,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = typer.main.get_command(app).main(args=argv, prog_name="fabric-opt", standalone_mode=False)
     except FabricOptError as exc:
-        print(f"error: {with_flag(str(exc), exc.option, exc.example)}", file=sys.stderr)
+        parts = getattr(exc, "errors", None)  # an ErrorGroup: each part with its own flag
+        if parts:
+            text = f"{len(parts)} problems: " + "; ".join(with_flag(str(e), e.option, e.example) for e in parts)
+        else:
+            text = with_flag(str(exc), exc.option, exc.example)
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)

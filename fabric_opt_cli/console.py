@@ -47,18 +47,29 @@ def get_console(stderr: bool = False):
 
 
 class RichProgress:
-    """rich progress bars for :func:`optimize.study.run_study` (an ``optimize.study.StudyProgress``)."""
+    """rich progress bars with time left for :func:`optimize.study.run_study` (an
+    ``optimize.study.StudyProgress``) and for ``report``'s replay of the protocol."""
 
     def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
+            TextColumn("eta"), TimeRemainingColumn(), console=console, transient=True,
+            disable=not console.is_terminal,  # no bars (and no stray blank line) in logs and pipes
         )  # fmt: skip
         self.status = self.bar.add_task("loading models", total=None)
         self.trials: Any = None
         self.rounds: Any = None
+        self.work: Any = None
 
     def __enter__(self) -> RichProgress:
         self.bar.start()
@@ -68,11 +79,17 @@ class RichProgress:
         self.bar.stop()
 
     def begin(self, name: str, budget: int, finished: int, to_run: int) -> None:
+        self._drop_work()
         self.bar.update(self.status, visible=False)
         self.trials = self.bar.add_task(f"study {name}: trials", total=budget, completed=finished)
 
-    def baseline(self, n_prompts: int) -> None:
-        self.bar.update(self.status, description=f"no-feedback baseline on {n_prompts} prompt(s)")
+    def baseline(self, n_prompts: int, total_rounds: int) -> None:
+        self.bar.update(self.status, visible=False)
+        self.work = self.bar.add_task(f"no-feedback baseline, {n_prompts} prompt(s): rounds", total=total_rounds)
+
+    def baseline_round(self) -> None:
+        if self.work is not None:
+            self.bar.advance(self.work)
 
     def trial_start(self, number: int, total_rounds: int) -> None:
         if self.rounds is not None:
@@ -98,9 +115,32 @@ class RichProgress:
     def end(self) -> None:
         self.bar.update(self.status, visible=False)
 
-    # report's held-out evaluation reuses the same bars
+    # report: a spinner for work without a count, a bar with time left for generated rounds
     def evaluating(self, description: str) -> None:
+        self._drop_work()
         self.bar.update(self.status, visible=True, description=description)
+
+    def replay(self, description: str, total_rounds: int) -> None:
+        """Generated rounds from here on advance one bar of ``total_rounds`` (:meth:`round`)."""
+        self._drop_work()
+        self.bar.update(self.status, visible=False)
+        self.work = self.bar.add_task(description, total=total_rounds)
+
+    def round(self) -> None:
+        if self.work is not None:
+            self.bar.advance(self.work)
+
+    def phase(self, description: str, completed: int | None = None) -> None:
+        """Rename the replay bar (and set its count, e.g. after rounds read from a cache)."""
+        if self.work is not None:
+            self.bar.update(self.work, description=description)
+            if completed is not None:
+                self.bar.update(self.work, completed=completed)
+
+    def _drop_work(self) -> None:
+        if self.work is not None:
+            self.bar.remove_task(self.work)
+            self.work = None
 
 
 def params_table(title: str, columns: dict[str, Any]):
@@ -123,7 +163,7 @@ def fmt(value: Any) -> str:
 def print_summary(outcome: StudyOutcome) -> None:
     from optuna.trial import TrialState
 
-    from optimize.tracking import ui_command
+    from optimize.tracking import ui_command, ui_url
     from optimize.workers import budget_trials
 
     console = get_console()
@@ -147,18 +187,25 @@ def print_summary(outcome: StudyOutcome) -> None:
         print_recommendation(console, rec, len(study.directions))
     if outcome.presets:
         console.print(f"recommended preset: {outcome.presets[0]}  (fabric-opt generate --preset {outcome.presets[0]})")
-        others = ", ".join(str(p) for p in outcome.presets[1:] if not p.name.endswith(".preset.json"))
-        console.print(f"exports: {others}")
+        others = ", ".join(str(p) for p in outcome.presets[1:])
+        console.print(f"exports: {others}", markup=False)
+        console.print(
+            "  the A1111 and ComfyUI presets apply feedback only with reference images: "
+            f"fabric-opt export {study.study_name} --format a1111 --liked IMG --disliked IMG (or --format comfyui)",
+            markup=False,
+        )
     if outcome.plots:
         console.print(f"plots: {', '.join(str(p) for p in outcome.plots)}")
     if outcome.tracking_uri:
         console.print(
-            f"MLflow: {outcome.tracking_uri} (experiment {study.study_name}, parent run {outcome.parent_run_id})"
+            f"MLflow: {outcome.tracking_uri} (experiment {study.study_name}, study run {outcome.parent_run_id})",
+            markup=False,
         )
         if outcome.tracking_url and outcome.tracking_url.startswith("http"):
-            console.print(f"  {outcome.tracking_url}")
+            console.print(f"  open {outcome.tracking_url}", markup=False)
         else:
-            console.print(f"  {ui_command(outcome.tracking_uri)}")
+            console.print(f"  {ui_command(outcome.tracking_uri)}", markup=False)
+            console.print(f"  then open {ui_url(outcome.tracking_uri, outcome.experiment_id)}", markup=False)
     elif outcome.tracking_failure:
         console.print(f"MLflow: tracking failed ({outcome.tracking_failure}); the trials are in {outcome.storage}")
     else:

@@ -1,4 +1,8 @@
-"""``fabric-opt export``: a study's recommended (or any trial's) parameters as a preset."""
+"""``fabric-opt export``: a study's recommended (or any trial's) parameters as a preset.
+
+Fast by design (no torch, no MLflow): the recommendation the study stored when it finished is
+used while no trial has completed since; only then is the GP fitted again.
+"""
 
 from __future__ import annotations
 
@@ -35,45 +39,51 @@ def export(
     prompt: Optional[str] = typer.Option(
         None, "--prompt", help="Prompt written into the preset (default: the study's first train prompt)."
     ),
-    liked: list[Path] = typer.Option([], "--liked", help="Liked reference image path (repeatable)."),
-    disliked: list[Path] = typer.Option([], "--disliked", help="Disliked reference image path (repeatable)."),
+    liked: list[Path] = typer.Option(
+        [], "--liked", help="Liked reference image (repeatable); copied where the frontend finds it."
+    ),
+    disliked: list[Path] = typer.Option([], "--disliked", help="Disliked reference image (repeatable)."),
     storage: Optional[str] = options.STORAGE,
     runs_dir: Path = options.RUNS_DIR,
-    tracking_uri: str = options.TRACKING_URI,
 ) -> None:
     """Export a study's recommended (or any trial's) parameters as a preset for fabric-opt, the A1111
-    extension, ComfyUI or a Python script; prints what the target cannot represent."""
+    extension, ComfyUI or a Python script; prints what the target cannot represent and where the
+    files go."""
     from optimize.export import DEFAULT_EXTENSIONS, available_formats, export_params
     from optimize.study import StorageSpec, export_context, open_study
-    from optimize.tracking import make_tracker
 
     if format not in available_formats():
         raise ConfigError(f"unknown export format {format!r}; known: {', '.join(available_formats())}")
     for path in (*liked, *disliked):
         options.existing_file(path, "reference image")
     spec = StorageSpec.parse(storage, runs_dir)
-    tracker = make_tracker(tracking_uri)
     opt_study, config = open_study(name, spec)
     params, number, estimate = _chosen_params(opt_study, config, trial)
     context = export_context(
         config, trial=number, estimate=estimate, prompt=prompt, study_name=name,
-        liked=[str(p.resolve()) for p in liked], disliked=[str(p.resolve()) for p in disliked],
+        liked=[str(p.expanduser().resolve()) for p in liked],
+        disliked=[str(p.expanduser().resolve()) for p in disliked],
     )  # fmt: skip
     exported = export_params(params, format, context)
     target = out or Path(runs_dir) / name / "presets" / f"{name}{DEFAULT_EXTENSIONS.get(format, '.' + format)}"
     files = exported.write(target)
-    if tracker.attach(opt_study):
-        tracker.log_artifacts(files, "presets")
     console = get_console()
-    console.print(f"exported trial {number} of study {name} as {format}: {', '.join(str(f) for f in files)}")
+    console.print(f"exported trial {number} of study {name} as {format}:", markup=False)
+    for path in files:
+        console.print(f"  {path}", markup=False)
     for note in exported.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {note}", markup=False)
+    for step in exported.usage_for(target):
+        console.print(f"to use: {step}", markup=False)
+    if format in ("a1111", "comfyui") and not liked and not disliked:
+        hint = f"give reference images: fabric-opt export {name} --format {format} --liked IMG --disliked IMG"
+        console.print(hint, markup=False)
 
 
 def _chosen_params(opt_study: optuna.Study, config: StudyConfig, trial: int | None):
     from optuna.trial import TrialState
 
-    from optimize.recommend import recommend
+    from optimize.study import stored_recommendation
 
     space = config.space
     if trial is not None:
@@ -86,5 +96,10 @@ def _chosen_params(opt_study: optuna.Study, config: StudyConfig, trial: int | No
         if chosen.state != TrialState.COMPLETE:
             raise ConfigError(f"trial {trial} is {chosen.state.name.lower()}, not complete; pick a complete trial")
         return space.to_params({n: chosen.params[n] for n in space.names}), trial, chosen.values[0]
+    stored = stored_recommendation(opt_study)
+    if stored is not None:
+        return stored
+    from optimize.recommend import recommend  # fits the GP: torch and botorch
+
     rec = recommend(opt_study, space, references=None, seed=config.seed)
     return rec.params, rec.best.trial_number, rec.best.estimate

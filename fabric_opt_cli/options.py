@@ -42,9 +42,15 @@ RUNS_DIR = typer.Option(
     help="Folder for the default storage, baseline cache, plots and presets.",
 )
 TRACKING_URI = typer.Option(
-    "sqlite:///mlflow.db", "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
-    help="MLflow tracking URI: sqlite:///file.db, http://host:port, a database URL, or 'none' to disable.",
+    None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+    help="MLflow tracking URI (default sqlite:///<runs-dir>/mlflow.db, artifacts beside it in "
+    "<runs-dir>/mlflow-artifacts): sqlite:///file.db, http://host:port, a database URL, or 'none' to disable.",
 )  # fmt: skip
+
+
+def tracking_uri(uri: str | None, runs_dir: Path) -> str:
+    """``--tracking-uri``, or the database beside the study storage in the runs folder."""
+    return uri if uri is not None else f"sqlite:///{Path(runs_dir) / 'mlflow.db'}"
 
 
 def weights_table(items: list[str]) -> dict[str, str]:
@@ -64,6 +70,7 @@ def weights_table(items: list[str]) -> dict[str, str]:
 FLAGS = {
     "name": "--name",
     "storage": "--storage",
+    "tracking_uri": "--tracking-uri",
     "study": "--study",
     "objective": "--objective",
     "objective_weights": "--objective-weights",

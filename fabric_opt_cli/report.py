@@ -18,7 +18,7 @@ def report(
     name: str = typer.Argument(..., help="Study name."),
     storage: Optional[str] = options.STORAGE,
     runs_dir: Path = options.RUNS_DIR,
-    tracking_uri: str = options.TRACKING_URI,
+    tracking_uri: Optional[str] = options.TRACKING_URI,
     compare: bool = typer.Option(
         True,
         "--compare/--no-compare",
@@ -50,7 +50,7 @@ def report(
     if extra_seeds < 0 or top_k < 1 or showcase < 0:
         raise ConfigError("--extra-seeds and --showcase must be >= 0 and --top-k >= 1")
     spec = StorageSpec.parse(storage, runs_dir)
-    tracker = make_tracker(tracking_uri)
+    tracker = make_tracker(options.tracking_uri(tracking_uri, runs_dir))
     dev, dt = options.resolve_device_dtype(device, dtype)
     cache_bytes = options.token_cache_bytes(token_cache_gb)
     opt_study, config = open_study(name, spec)
@@ -58,12 +58,20 @@ def report(
     needs_models = (compare and config.protocol.validation_prompts and config.compare_with) or extra_seeds > 0
     evaluator = None
     with RichProgress(get_console(stderr=True)) as progress:
+        plan = _replay_plan(opt_study, config, compare=compare, extra_seeds=extra_seeds, top_k=top_k, showcase=showcase)
         if needs_models:
             check_objectives(config)
             components = load_components(config, dev, dt, cache_bytes=cache_bytes)
             evaluator = make_evaluator(config, components, Path(runs_dir) / name / "baseline-cache.json")
-            progress.evaluating("held-out comparison: generating")
-            evaluator.on_round = lambda p, r, images, scores: progress.bar.advance(progress.status)
+            # the protocol replayed: baselines, held-out comparison, showcase; one bar of generated rounds
+            evaluator.on_progress = progress.round
+            progress.replay("replay: no-feedback baselines", plan["total"])
+            if config.protocol.value == "improvement":
+                if compare and config.protocol.validation_prompts and config.compare_with:
+                    evaluator.baseline("validation")
+                for replicate in range(1, extra_seeds + 1):
+                    evaluator.baseline("train", replicate)
+            progress.phase("replay: held-out comparison", completed=plan["baseline"])
         else:
             progress.evaluating("fitting the recommendation")
         result = build_report(
@@ -80,14 +88,31 @@ def report(
         if evaluator is not None and result.recommendation is not None and compare and n_showcase:
             from optimize.showcase import feedback_showcase, showcase_candidates
 
-            progress.evaluating("showcase: generating")
+            progress.phase("replay: showcase", completed=plan["baseline"] + plan["compare"])
             rows = showcase_candidates(result.recommendation, config.space, config.compare_with)
             image = feedback_showcase(evaluator, rows, prompts=range(n_showcase))
             image.save(out_dir / "showcase.png")
             files.append(out_dir / "showcase.png")
-    if tracker.attach(opt_study):
-        tracker.log_artifacts(files, "report")
+        progress.evaluating("logging the report to MLflow")
+        if tracker.attach(opt_study):
+            tracker.log_artifacts(files, "report")
     print_report(result, files)
+
+
+def _replay_plan(opt_study: Any, config: Any, *, compare: bool, extra_seeds: int, top_k: int, showcase: int) -> dict:
+    """Rounds the report will generate, per phase (for the progress bar's time left)."""
+    from optuna.trial import TrialState
+
+    p = config.protocol
+    rounds, held_out, train = p.rounds, len(p.validation_prompts), len(p.prompts)
+    refs = len(config.compare_with) if compare and held_out else 0
+    complete = len(opt_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    improvement = p.value == "improvement"
+    baseline = (held_out * rounds if refs and improvement else 0) + (extra_seeds * train * rounds if improvement else 0)
+    # each comparison evaluates the recommendation and the reference; extra seeds re-run the top candidates
+    comparison = 2 * refs * held_out * rounds + min(top_k, complete) * extra_seeds * train * rounds
+    shown = min(showcase, held_out) * (2 + refs) * rounds if refs else 0  # no feedback, references, tuned
+    return {"baseline": baseline, "compare": comparison, "total": baseline + comparison + shown}
 
 
 def print_report(result: Any, files: list[Path]) -> None:

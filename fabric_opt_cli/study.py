@@ -53,7 +53,7 @@ def study(
     name: Optional[str] = typer.Option(
         None, "--name", help="Study name in the storage and MLflow (default: the study's name). The same name resumes."
     ),
-    tracking_uri: str = options.TRACKING_URI,
+    tracking_uri: Optional[str] = options.TRACKING_URI,
     objective_weights: list[str] = typer.Option(
         [],
         "--objective-weights",
@@ -77,6 +77,14 @@ def study(
             "Prompts generated together per pipeline call (protocol.prompt_batch); more is faster where memory allows."
         ),
     ),
+    frontend: Optional[str] = typer.Option(
+        None,
+        "--frontend",
+        help=(
+            "Tune only what this frontend can carry (search_space.frontend): a1111 or comfyui. The exported preset is "
+            "then exactly the tuned one. A new setting: give the study a new --name."
+        ),
+    ),
     scheduler: Optional[str] = options.SCHEDULER,
     runs_dir: Path = options.RUNS_DIR,
     device: Optional[str] = options.DEVICE,
@@ -98,6 +106,8 @@ def study(
         overrides["sampler"] = {"name": sampler}
     if prompt_batch is not None:
         overrides["protocol"] = {"prompt_batch": prompt_batch}
+    if frontend is not None:
+        overrides["search_space"] = {"frontend": frontend}
     if objective_weights:
         overrides["objective_weights"] = options.weights_table(objective_weights)
     split_overrides = {k: v for k, v in (("train", prompts), ("validation", validation_prompts)) if v is not None}
@@ -106,7 +116,7 @@ def study(
     if name is not None:
         overrides["name"] = name
     config = resolve_study(study_name, objective, overrides)
-    tracker = make_tracker(tracking_uri)
+    tracker = make_tracker(options.tracking_uri(tracking_uri, runs_dir))
     spec = StorageSpec.parse(storage, runs_dir)
     dev, dt = options.resolve_device_dtype(device, dtype)
     cache_bytes = options.token_cache_bytes(token_cache_gb)

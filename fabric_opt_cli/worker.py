@@ -23,7 +23,7 @@ def worker(
     name: str = typer.Argument(..., help="Study name (created by `fabric-opt study`)."),
     storage: Optional[str] = options.STORAGE,
     runs_dir: Path = options.RUNS_DIR,
-    tracking_uri: str = options.TRACKING_URI,
+    tracking_uri: Optional[str] = options.TRACKING_URI,
     device: Optional[str] = options.DEVICE,
     dtype: Optional[str] = options.DTYPE,
     token_cache_gb: Optional[float] = options.TOKEN_CACHE_GB,
@@ -35,7 +35,7 @@ def worker(
 
     # everything checked before a model is loaded or a file written
     spec = StorageSpec.parse(storage, runs_dir)
-    tracker = make_tracker(tracking_uri)
+    tracker = make_tracker(options.tracking_uri(tracking_uri, runs_dir))
     dev, dt = options.resolve_device_dtype(device, dtype)
     cache_bytes = options.token_cache_bytes(token_cache_gb)
     _, config = open_study(name, spec)

@@ -549,6 +549,8 @@ def resolve_study(
             f"give an objective (e.g. pickscore) or a study (one of {', '.join(available_studies())}, or a YAML file)",
             option="study",
         )
+    if study is None and objective is not None and objective.strip() in available_studies():
+        study, objective = objective.strip(), None  # a built-in study's name: --objective pickscore-diversity
     if objective is not None:
         from objectives.composite import parse_spec
 

@@ -73,8 +73,10 @@ DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst qualit
 FeedbackKind = Literal["preference", "target"]
 ValueKind = Literal["improvement", "final", "mean"]
 Split = Literal["train", "validation"]
-# on_round(prompt_index, round, images, scores): scores maps objective name -> per-image scores.
-RoundCallback = Callable[[int, int, list, Mapping[str, list[float]]], None]
+# on_round(prompt_index, round, images, scores, choice): round counts from 0; scores maps objective name ->
+# per-image scores; choice is the simulated user's (liked index, disliked index) after this round, None when
+# the round gets no feedback (the last round, the baseline).
+RoundCallback = Callable[[int, int, list, Mapping[str, list[float]], "tuple[int, int] | None"], None]
 
 _CACHE_VERSION = 1
 
@@ -319,8 +321,9 @@ class TrialEvaluator:
             first objective when it is a multi-objective).
         metrics: extra objectives averaged per round for logging only (e.g. diversity).
         on_round: called after every generated round of a trial as
-            ``on_round(prompt_index, round, images, scores)`` (not for baseline rounds); keep
-            the images there if you need them, the evaluator does not.
+            ``on_round(prompt_index, round, images, scores, choice)`` (not for baseline rounds),
+            ``choice`` the user's ``(liked, disliked)`` image indices or ``None`` (the last
+            round); keep the images there if you need them, the evaluator does not.
         baseline_cache: JSON file that stores baselines across processes and runs.
         cache_key: text identifying model weights and anything else the fingerprint cannot see
             (e.g. the checkpoint path); part of the baseline fingerprint.
@@ -357,6 +360,9 @@ class TrialEvaluator:
             )
         self.metrics = dict(metrics or {})
         self.on_round = on_round
+        # called with no arguments after every generated round of any kind (trials, baselines, showcase rounds),
+        # for progress displays
+        self.on_progress: Callable[[], None] | None = None
         self.baseline_cache = baseline_cache
         self.cache_key = cache_key
         self.baseline_runs = 0  # baselines generated (not read from a cache) by this evaluator
@@ -569,27 +575,29 @@ class TrialEvaluator:
                     for name, obj in zip(self.objective_names, s.scored)
                 }
                 s.round_scores.append(tuple(_mean(v) for v in scores.values()))
+                choice = None
+                if feedback:
+                    for name, obj in self.metrics.items():
+                        s.metrics[name].append(_mean(self._score(obj, images, prompt, where=(split, p, r))))
+                    if r + 1 < proto.rounds:
+                        same = s.feedback_objective is s.scored[0]
+                        fb = (
+                            scores[self.objective_names[0]]
+                            if same
+                            else self._score(s.feedback_objective, images, prompt, where=(split, p, r))
+                        )
+                        if s.feedback_objective.directions[0] == "minimize":
+                            fb = [-v for v in fb]
+                        user_seed = stable_seed(proto.seed, "user", split, replicate, p, r)
+                        choice = like, dislike = choose_feedback(fb, proto.temperature, seed=user_seed)
+                        # keyed by the image's seed: a pixel that rounds the other way (prompt
+                        # batching) must not redraw the reference's noise in every later round
+                        s.liked.append(ReferenceImage(images[like], key=f"seed:{seeds_of[like]}"))
+                        s.disliked.append(ReferenceImage(images[dislike], key=f"seed:{seeds_of[dislike]}"))
                 if on_round is not None:
-                    on_round(p, r, images, scores)
-                if not feedback:
-                    continue
-                for name, obj in self.metrics.items():
-                    s.metrics[name].append(_mean(self._score(obj, images, prompt, where=(split, p, r))))
-                if r + 1 < proto.rounds:
-                    same = s.feedback_objective is s.scored[0]
-                    fb = (
-                        scores[self.objective_names[0]]
-                        if same
-                        else self._score(s.feedback_objective, images, prompt, where=(split, p, r))
-                    )
-                    if s.feedback_objective.directions[0] == "minimize":
-                        fb = [-v for v in fb]
-                    user_seed = stable_seed(proto.seed, "user", split, replicate, p, r)
-                    like, dislike = choose_feedback(fb, proto.temperature, seed=user_seed)
-                    # keyed by the image's seed: a pixel that rounds the other way (prompt batching)
-                    # must not redraw the reference's noise in every later round
-                    s.liked.append(ReferenceImage(images[like], key=f"seed:{seeds_of[like]}"))
-                    s.disliked.append(ReferenceImage(images[dislike], key=f"seed:{seeds_of[dislike]}"))
+                    on_round(p, r, images, scores, choice)
+                if self.on_progress is not None:
+                    self.on_progress()
         return [(tuple(s.round_scores), {k: tuple(v) for k, v in s.metrics.items()}) for s in sessions]
 
     def _generate(self, params: FabricParams, sessions: list[_Session], seeds: list[list[int]]) -> list[list]:
@@ -660,7 +668,7 @@ class TrialEvaluator:
         if bad:
             split, p, r = where
             raise NonFiniteScoreError(
-                f"objective '{objective.name}' returned {bad[0]} for {split} prompt {p}, round {r}; "
+                f"objective '{objective.name}' returned {bad[0]} for {split} prompt {p + 1}, round {r + 1}; "
                 "the trial fails rather than feed it to the sampler"
             )
         return values

@@ -46,6 +46,7 @@ __all__ = [
     "save_plots",
     "small_sample_caution",
     "write_report",
+    "write_trial_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -506,6 +507,33 @@ def save_plots(
     if recommendation is not None and recommendation.comparisons:
         paths.append(plot_comparison(recommendation.comparisons, out_dir / "comparison.png"))
     return paths
+
+
+def write_trial_table(study: optuna.Study, names: Sequence[str], path: str | Path) -> Path:
+    """``trials.csv``: one row per trial (number, state, value per objective, warm start, FABRIC
+    parameters), the flat table MLflow's artifact viewer shows on the study run."""
+    import csv
+    import io
+
+    trials = study.get_trials(deepcopy=False)
+    fields: list[str] = []
+    for t in trials:
+        fields += [k for k in t.user_attrs.get("fabric_params", {}) if k not in fields]
+    value_names = [f"value/{n}" for n in names] if len(names) > 1 else ["value"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["trial", "state", *value_names, "warm_start", *fields])
+    for t in trials:
+        values = list(t.values) if t.values else []
+        params = t.user_attrs.get("fabric_params", {})
+        writer.writerow([
+            t.number, t.state.name, *(f"{v:.6g}" for v in values), *([""] * (len(value_names) - len(values))),
+            t.user_attrs.get("warm_start", ""), *(params.get(k, "") for k in fields),
+        ])  # fmt: skip
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+    return path
 
 
 def write_report(report: StudyReport, study: optuna.Study, out_dir: str | Path) -> list[Path]:

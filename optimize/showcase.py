@@ -3,7 +3,8 @@
 :func:`feedback_showcase` replays the study's protocol on a few (held-out) prompts for several
 named parameter sets, on the same seeds and with the same simulated user, and lays the rounds
 out as one image: a block per prompt, a row per parameter set, the first round on the left and
-the final round on the right, every image labelled with its reward. The ``no feedback`` row is
+the final round on the right, every image labelled with its reward and the first round's liked
+and disliked images framed (green, red). The ``no feedback`` row is
 the baseline (the same seeds, nothing liked or disliked), so a row that improves on it from left
 to right shows feedback at work. ``fabric-opt report`` writes it as ``showcase.png``.
 """
@@ -67,11 +68,17 @@ def feedback_showcase(
         for label, params, feedback in rows:
             kept: dict[int, Image.Image] = {}
 
-            def keep(prompt_index: int, r: int, images: list, scores: Mapping[str, list[float]]) -> None:
-                if r in (0, last):
+            def keep(
+                prompt_index: int,
+                r: int,
+                images: list,
+                scores: Mapping[str, list[float]],
+                choice: tuple[int, int] | None,
+            ) -> None:
+                if r in (0, last):  # rounds from 1 in titles, as everywhere people read them
                     mean = sum(scores[names[0]]) / len(scores[names[0]])
                     title = f"{label}: round {r + 1}, mean {names[0]} {mean:.3g}"
-                    kept[r] = reward_grid(images, {names[0]: scores[names[0]]}, title=title)
+                    kept[r] = reward_grid(images, {names[0]: scores[names[0]]}, title=title, choice=choice)
 
             evaluator.run_prompt(params, p, split=split, feedback=feedback, on_round=keep)
             left, right = kept[0], kept[last]

@@ -17,6 +17,12 @@ space is feasible and samplers need no constraint handling::
 
     feedback_end = feedback_start + (1 - feedback_start) * feedback_span
     min_weight   = max_weight * min_weight_ratio
+
+A *frontend-compatible* space (``frontend="a1111"`` or ``"comfyui"``, :mod:`optimize.frontends`)
+tunes only what that frontend can carry: the fields it cannot carry are fixed at their neutral
+values (no depth profile, no prompt dropout, every reference; ComfyUI: no minimum weight) and
+every point becomes the parameters the frontend applies (A1111: weights on its 0.05 slider step),
+so each trial runs, and the exported preset holds, exactly what the frontend will do.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 from fabric.errors import ConfigError, FabricOptError
 from fabric.params import FabricParams
+from optimize.frontends import check_frontend, fixed_values, frontend_params
 
 if TYPE_CHECKING:
     import optuna
@@ -184,6 +191,8 @@ class SearchSpace:
             or the reparameterised ``feedback_span`` / ``min_weight_ratio`` (see module docs).
         fixed: parameter values that every point uses (same names as ``params``).
         base: supplies every FabricParams field that is neither searched nor fixed.
+        frontend: ``"a1111"`` or ``"comfyui"``: only what that frontend can carry (module docs);
+            the fields it cannot carry must not be searched, and are fixed at their neutral values.
 
     Raises:
         ConfigError: on unknown names, a name given twice, both a constrained field and its
@@ -195,10 +204,29 @@ class SearchSpace:
     params: tuple[Param, ...]
     fixed: Mapping[str, Any] = field(default_factory=dict)
     base: FabricParams = field(default_factory=FabricParams)
+    frontend: str | None = None
 
     def __post_init__(self) -> None:
         params = tuple(self.params)
         fixed = dict(self.fixed)
+        frontend = check_frontend(self.frontend)
+        if frontend is not None:
+            for name, value in fixed_values(frontend).items():
+                derived = next((d for d, t in DERIVED_PARAMS.items() if t == name), None)
+                searched = [n for n in (name, derived) if n is not None and any(p.name == n for p in params)]
+                if searched:
+                    raise ConfigError(
+                        f"search space for the {self.frontend} frontend searches {searched[0]}, which {self.frontend} "
+                        f"cannot carry; leave it out (it is fixed at {value})"
+                    )
+                if name in fixed and fixed[name] != value:
+                    raise ConfigError(
+                        f"search space for the {self.frontend} frontend fixes {name} at {fixed[name]}, which "
+                        f"{self.frontend} cannot carry; it must be {value}"
+                    )
+                if derived is not None and derived in fixed:
+                    raise ConfigError(f"search space for the {self.frontend} frontend cannot fix {derived}")
+                fixed[name] = value
         if not isinstance(self.base, FabricParams):
             raise ConfigError(f"search space base must be FabricParams, got {type(self.base).__name__}")
         for p in params:
@@ -249,6 +277,17 @@ class SearchSpace:
             params.append(FloatParam("guidance_scale", 2.0, 12.0))
         return cls(tuple(params), base=base or FabricParams.paper())
 
+    def for_frontend(self, frontend: str | None) -> SearchSpace:
+        """This space restricted to what ``frontend`` can carry: the parameters it cannot carry (and
+        their reparameterisations) are dropped, then fixed (see module docs)."""
+        name = check_frontend(frontend)
+        if name is None:
+            return dataclasses.replace(self, frontend=None)
+        drop = set(fixed_values(name))
+        drop |= {d for d, t in DERIVED_PARAMS.items() if t in drop}
+        fixed = {k: v for k, v in self.fixed.items() if k not in drop}
+        return SearchSpace(tuple(p for p in self.params if p.name not in drop), fixed, self.base, frontend)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SearchSpace:
         """Build a space from plain data (the YAML layout)::
@@ -262,17 +301,20 @@ class SearchSpace:
               neg_scale: {choices: [0.25, 0.5, 1.0]}
             fixed: {prompt_dropout: 0.0}
             exclude: [neg_bottleneck_scale]           # left out: the base value applies
+            frontend: a1111                           # or comfyui: only what that frontend can carry
 
         A parameter gets ``type: int`` when it says so or when both bounds are integers on an
         integer field; ``choices`` makes it categorical; otherwise it is a float.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(f"a search space must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"extends", "base", "parameters", "fixed", "exclude"})
+        unknown = sorted(set(data) - {"extends", "base", "parameters", "fixed", "exclude", "frontend"})
         if unknown:
             raise ConfigError(
-                f"unknown search space key(s) {', '.join(unknown)}; known: base, exclude, extends, fixed, parameters"
+                f"unknown search space key(s) {', '.join(unknown)}; known: base, exclude, extends, fixed, frontend, "
+                "parameters"
             )
+        frontend = check_frontend(data.get("frontend"))
         base = _parse_base(data.get("base"))
         extends = data.get("extends")
         if extends not in (None, "default", "default+guidance"):
@@ -303,7 +345,16 @@ class SearchSpace:
             # Searching or fixing the raw field of a default space replaces its reparameterisation.
             if extends is not None and (target in parameters or target in fixed) and derived not in parameters:
                 merged.pop(derived, None)
-        return cls(tuple(p for n, p in merged.items() if n not in exclude), fixed=dict(fixed), base=base)
+        if frontend is not None:
+            # what the frontend cannot carry leaves the default space; naming it explicitly is an error
+            explicit = set(parameters)
+            carried = set(fixed_values(frontend))
+            carried |= {d for d, t in DERIVED_PARAMS.items() if t in carried}
+            for name in list(merged):
+                if name in carried and name not in explicit:
+                    merged.pop(name)
+        space = cls(tuple(p for n, p in merged.items() if n not in exclude), fixed=dict(fixed), base=base)
+        return dataclasses.replace(space, frontend=frontend) if frontend is not None else space
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SearchSpace:
@@ -324,11 +375,14 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :meth:`from_dict` reads back into an equal space."""
-        return {
+        out: dict[str, Any] = {
             "base": self.base.to_dict(),
             "parameters": {p.name: p.to_dict() for p in self.params},
             "fixed": dict(self.fixed),
         }
+        if self.frontend is not None:
+            out["frontend"] = self.frontend
+        return out
 
     # ---- views ---------------------------------------------------------------------------
     @property
@@ -435,7 +489,7 @@ class SearchSpace:
             fields["feedback_end"] = min(1.0, start + (1.0 - start) * merged["feedback_span"])
         if "min_weight_ratio" in merged:
             fields["min_weight"] = min(fields["max_weight"], fields["max_weight"] * merged["min_weight_ratio"])
-        return FabricParams(**fields)
+        return frontend_params(FabricParams(**fields), self.frontend)
 
     def _range(self, name: str) -> tuple[float, float] | None:
         """Smallest and largest value a field can take in this space (None if non-numeric)."""

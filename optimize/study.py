@@ -49,6 +49,7 @@ __all__ = [
     "JOURNAL_NAME",
     "CONFIG_ATTR",
     "FINGERPRINT_ATTR",
+    "RECOMMENDATION_ATTR",
     "StorageSpec",
     "Components",
     "StudyProgress",
@@ -64,6 +65,7 @@ __all__ = [
     "finish_study",
     "export_context",
     "finished_trials",
+    "stored_recommendation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ DEFAULT_RUNS_DIR = Path("runs")
 JOURNAL_NAME = "optuna.journal"
 CONFIG_ATTR = "fabric_opt_config"
 FINGERPRINT_ATTR = "fabric_opt_fingerprint"
+RECOMMENDATION_ATTR = "fabric_opt_recommendation"
 _RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "mssql", "oracle")
 _DRIVER_HINTS = {
     "postgresql": "pip install 'fabric-opt[postgres]' (psycopg2-binary)",
@@ -107,6 +110,21 @@ class StorageSpec:
             path = (Path(runs_dir) / JOURNAL_NAME).expanduser().resolve()
             return cls(str(path), "journal", path)
         text = str(storage).strip()
+        scheme = text.split(":", 1)[0].lower() if ":" in text else ""
+        if scheme.split("+", 1)[0] == "sqlite" and not text.startswith(f"{scheme}:///"):
+            # sqlite:/x.db, sqlite:x.db, sqlite://x.db: SQLAlchemy wants three slashes before a relative path
+            path = text.split(":", 1)[1].lstrip("/") or "study.db"
+            raise ConfigError(
+                f"storage {text!r}: write SQLite as sqlite:///{path} (relative to the working directory) or "
+                f"sqlite:////absolute/{Path(path).name}",
+                option="storage",
+            )
+        if scheme.split("+", 1)[0] == "postgres":
+            raise ConfigError(
+                f"storage {text!r}: SQLAlchemy names PostgreSQL 'postgresql', not 'postgres'; write "
+                f"postgresql{text[len(scheme.split('+', 1)[0]) :]}",
+                option="storage",
+            )
         if "://" not in text:
             if text.endswith((".db", ".sqlite", ".sqlite3")):
                 raise ConfigError(
@@ -263,15 +281,40 @@ def check_resumable(config: StudyConfig, name: str, storage: StorageSpec) -> boo
 # ---- components -----------------------------------------------------------------------------
 
 
-def check_objectives(config: StudyConfig) -> None:
-    """Fail now (one line) if any objective's weights are missing; loads no model."""
+def check_objectives(config: StudyConfig, *, model: bool = True) -> None:
+    """Fail now if the weights of any objective (scored, the user's, metrics) or the model are missing,
+    with all of them in one error (:class:`~fabric.errors.ErrorGroup` when there are several); loads
+    nothing.
+
+    Args:
+        config: the study.
+        model: also check ``config.model`` (off when the caller brings its own generator).
+    """
+    from fabric.errors import ErrorGroup, ModelLoadError
     from objectives import check_available
+    from objectives.composite import parse_spec
 
     table = config.weights_table
     options = {k: dict(v) for k, v in config.objective_options.items()}
-    for spec in (config.objective, config.feedback_objective, *config.metrics):
-        if spec:
-            check_available(spec, table, options=options)
+    specs = [s for s in (config.objective, config.feedback_objective, *config.metrics) if s]
+    names = sorted({name for spec in specs for terms in parse_spec(spec) for _, name in terms})
+    problems: list[FabricOptError] = []
+    for name in names:
+        try:
+            check_available(name, table, options=options)
+        except ModelLoadError as exc:  # WeightsNotFoundError included
+            problems.append(exc)
+    if model:
+        from fabric.models import check_model
+
+        try:
+            check_model(config.model)
+        except ModelLoadError as exc:
+            problems.append(exc)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ErrorGroup(problems)
 
 
 @dataclass
@@ -410,8 +453,12 @@ class StudyProgress:
     def begin(self, name: str, budget: int, finished: int, to_run: int) -> None:
         """The study is open: ``finished`` of ``budget`` trials are done, ``to_run`` will run now."""
 
-    def baseline(self, n_prompts: int) -> None:
-        """The no-feedback baseline is being computed (once per study and split)."""
+    def baseline(self, n_prompts: int, total_rounds: int) -> None:
+        """The no-feedback baseline is being computed (once per study and split; read back from the
+        study's cache, it takes no time): ``total_rounds`` rounds of ``n_prompts`` prompts."""
+
+    def baseline_round(self) -> None:
+        """A round of the baseline was generated."""
 
     def trial_start(self, number: int, total_rounds: int) -> None:
         """Trial ``number`` starts; it will generate ``total_rounds`` rounds."""
@@ -443,10 +490,11 @@ class StudyOutcome:
         presets: exported preset files (``json`` first).
         plots: written plot files.
         tracking_uri: the MLflow tracking URI (``None`` when tracking was off or failed).
-        parent_run_id: the study's MLflow parent run.
-        tracking_url: where the parent run can be seen (a link for tracking servers).
+        parent_run_id: the study's MLflow study run (the name is historical).
+        tracking_url: where the study's runs can be seen (a link for tracking servers).
         tracking_failure: why tracking stopped, if it did.
         run_dir: the study's folder under the runs dir.
+        experiment_id: the study's MLflow experiment.
     """
 
     study: optuna.Study
@@ -462,6 +510,7 @@ class StudyOutcome:
     tracking_url: str | None
     tracking_failure: str | None
     run_dir: Path
+    experiment_id: str | None = None
 
 
 # ---- running --------------------------------------------------------------------------------
@@ -560,8 +609,13 @@ def run_study(
     new_trials: list[int] = []
     try:
         if config.protocol.value == "improvement":
-            progress.baseline(len(config.protocol.prompts))
-            tracker.log_baseline(evaluator.objective_names, evaluator.baseline("train"))
+            progress.baseline(len(config.protocol.prompts), len(config.protocol.prompts) * config.protocol.rounds)
+            evaluator.on_progress = progress.baseline_round
+            try:
+                baseline = evaluator.baseline("train")
+            finally:
+                evaluator.on_progress = None
+            tracker.log_baseline(evaluator.objective_names, baseline)
 
         finished = len(finished_trials(study))
         to_run = max(0, config.trials - finished)
@@ -639,6 +693,7 @@ def run_study(
         tracking_url=tracker.run_url() if tracker.enabled else None,
         tracking_failure=getattr(tracker, "failure", None),
         run_dir=run_dir,
+        experiment_id=tracker.experiment_id if tracker.enabled else None,
     )
 
 
@@ -653,8 +708,10 @@ def _trial_function(
         tracker.start_trial(trial, values, params.to_dict())
         progress.trial_start(trial.number, total_rounds)
 
-    def on_round(p: int, r: int, images: list, scores: Mapping[str, list[float]]) -> None:
-        tracker.log_round(current["trial"], p, r, images, scores, prompt=prompts[p])
+    def on_round(
+        p: int, r: int, images: list, scores: Mapping[str, list[float]], choice: tuple[int, int] | None
+    ) -> None:
+        tracker.log_round(current["trial"], p, r, images, scores, prompt=prompts[p], choice=choice)
         progress.round_done(current["trial"], p, r)
 
     def objective(trial: optuna.Trial) -> float | Sequence[float]:
@@ -705,10 +762,10 @@ def finish_study(
     study: optuna.Study, config: StudyConfig, tracker: Tracker, run_dir: str | Path
 ) -> tuple[Recommendation | None, list[Path], list[Path]]:
     """Recommend, export the recommendation in every format, plot, and attach it all to the
-    parent run. Returns ``(recommendation, preset files, plot files)``."""
+    study run. Returns ``(recommendation, preset files, plot files)``."""
     from optimize.export import DEFAULT_EXTENSIONS, available_formats, export_params
     from optimize.recommend import recommend
-    from optimize.report import objective_labels, param_importances, save_plots
+    from optimize.report import objective_labels, param_importances, save_plots, write_trial_table
 
     run_dir = Path(run_dir)
     recommendation = None
@@ -726,9 +783,42 @@ def finish_study(
                 run_dir / "presets" / f"{study.study_name}{DEFAULT_EXTENSIONS.get(fmt, '.' + fmt)}"
             )
         tracker.set_parent_tags({"recommended_trial": best.trial_number, "recommendation": recommendation.method})
+        study.set_user_attr(
+            RECOMMENDATION_ATTR,
+            {
+                "trial": best.trial_number,
+                "estimate": best.estimate if math.isfinite(best.estimate) else None,
+                "method": recommendation.method,
+                "params": best.params.to_dict(),
+                "complete": _complete_numbers(study),
+            },
+        )
     importances = param_importances(study, seed=config.seed)
     names = objective_labels(config, len(study.directions))
     plots = save_plots(study, run_dir / "plots", importances=importances, recommendation=recommendation, names=names)
+    tracker.log_artifacts([write_trial_table(study, names, run_dir / "trials.csv")], "")
     tracker.log_artifacts(plots, "plots")
     tracker.log_artifacts(presets, "presets")
     return recommendation, presets, plots
+
+
+def _complete_numbers(study: optuna.Study) -> list[int]:
+    from optuna.trial import TrialState
+
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def stored_recommendation(study: optuna.Study) -> tuple[FabricParams, int, float] | None:
+    """``(params, trial, estimate)`` the study recorded at its end, while no trial has completed since
+    (``fabric-opt export`` then needs no GP fit); ``None`` otherwise."""
+    from fabric.params import FabricParams
+
+    record = study.user_attrs.get(RECOMMENDATION_ATTR)
+    if not isinstance(record, Mapping) or record.get("complete") != _complete_numbers(study):
+        return None
+    try:
+        params = FabricParams.from_dict(record["params"])
+    except (KeyError, FabricOptError):
+        return None
+    estimate = record.get("estimate")
+    return params, int(record["trial"]), float("nan") if estimate is None else float(estimate)

@@ -1,20 +1,27 @@
 """MLflow tracking of studies (the only module of the project that imports mlflow).
 
-Layout in the tracking store:
+Layout in the tracking store (rounds and prompts count from 1 everywhere: metric steps, grid
+titles, artifact names; trial numbers are Optuna's, from 0, as ``--trial`` takes them):
 
-* one **experiment** per study (named after it);
-* one **parent run** per study, whose id is kept as the Optuna study user attribute
-  ``mlflow_parent_run_id`` (with ``mlflow_tracking_uri``), so a resumed study and separate
-  worker processes keep logging to the same run. It holds the study settings as params, the
-  no-feedback baseline per round (``baseline/score/<objective>``, ``step=round``), the best value
-  so far (``best_value``, ``step=trial``; ``pareto_front_size`` for several objectives) and, as
-  artifacts, the plots and exported presets;
-* one **child run** per trial (tag ``mlflow.parentRunId``, what ``start_run(parent_run_id=...)``
-  sets), named ``trial-<number>``, with the FABRIC parameters and search values as params, the
-  per-round means (``score/<objective>``, ``diversity``, ... with ``step=round``), the trial's
-  ``value``, ``mean`` and ``se``, tags ``sampler``, ``trial_number`` and ``state``, and one image
-  grid per prompt per round (``log_image(key="prompt_<p>", step=round, synchronous=True)``),
-  each image labelled with its reward.
+* one **experiment** per study (named after it, tag ``mlflow.experimentKind =
+  custom_model_development`` so MLflow 3 treats it as model training, not GenAI). With a SQLite
+  store its artifacts live beside the database: ``<db folder>/<db stem>-artifacts/<study>/``
+  (:func:`artifact_root`), so two databases never share artifact folders;
+* one **study run** (``<study> (study)``, tag ``kind=study``), whose id is kept as the Optuna
+  study user attribute ``mlflow_parent_run_id`` (with ``mlflow_tracking_uri``), so a resumed
+  study and separate worker processes keep logging to the same run. It holds the study settings
+  as params, the no-feedback baseline per round (``baseline/score/<objective>``,
+  ``step=round``), each trial's value and the best so far (``trial_value``, ``best_value``,
+  ``step=trial``; ``pareto_front_size`` for several objectives) and, as artifacts, the plots,
+  presets and report;
+* one **trial run** per trial, beside the study run rather than nested under it (MLflow's runs
+  table collapses nested runs, so a flat table shows every trial at once, sortable and
+  comparable), tags ``kind=trial``, ``fabric_opt.study_run`` (the study run's id), ``study``,
+  ``sampler``, ``trial_number``, ``state``; named ``trial-<number>``, with the FABRIC
+  parameters and search values as params, the per-round means (``score/<objective>``,
+  ``diversity``, ... with ``step=round``), the trial's ``value``, ``mean`` and ``se``, and one
+  image grid per prompt per round, ``trial-<n>/prompt-<p>/round-<r>.png``, each image labelled
+  with its reward and the simulated user's liked and disliked images framed.
 
 Tracking never stops a study: the first failure (store unreachable, permission, schema) is
 reported once as a :class:`TrackingWarning` and tracking is off for the rest of the process;
@@ -51,16 +58,21 @@ __all__ = [
     "Tracker",
     "NullTracker",
     "MlflowTracker",
+    "artifact_root",
     "check_tracking_uri",
     "make_tracker",
     "reward_grid",
     "ui_command",
+    "ui_url",
 ]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"
+STUDY_RUN_TAG = "fabric_opt.study_run"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_PORT = 5000
 TRACKING_URI_ATTR = "mlflow_tracking_uri"
 TRIAL_RUN_ATTR = "mlflow_run_id"
 _DISABLED = ("", "none", "off", "false", "0")
@@ -93,10 +105,19 @@ def check_tracking_uri(uri: str | None) -> str | None:
     uri = uri.strip()
     scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
     base = scheme.split("+", 1)[0]
+    if base == "postgres":
+        raise ConfigError(
+            f"tracking URI {uri!r}: SQLAlchemy names PostgreSQL 'postgresql', not 'postgres'; write "
+            f"postgresql{uri[len(base) :]}",
+            option="tracking_uri",
+        )
     if base == "sqlite":
-        if not uri.startswith("sqlite:///"):
+        if not uri.startswith(f"{scheme}:///"):
+            path = uri.split(":", 1)[1].lstrip("/") or "mlflow.db"
             raise ConfigError(
-                f"tracking URI {uri!r}: write SQLite as sqlite:///relative.db or sqlite:////absolute/path.db"
+                f"tracking URI {uri!r}: write SQLite as sqlite:///{path} (relative to the working directory) or "
+                f"sqlite:////absolute/{Path(path).name}",
+                option="tracking_uri",
             )
         path = uri[len("sqlite:///") :]
         if not path or path == ":memory:":
@@ -130,11 +151,37 @@ def check_tracking_uri(uri: str | None) -> str | None:
     )
 
 
-def ui_command(uri: str) -> str:
-    """The command that opens the MLflow UI on a tracking URI (a server is opened directly)."""
+def artifact_root(uri: str | None) -> Path | None:
+    """Where a tracking store's artifacts go when fabric-opt creates the experiment: beside a SQLite
+    database, ``<db folder>/<db stem>-artifacts`` (``runs/mlflow.db`` -> ``runs/mlflow-artifacts``);
+    ``None`` for servers and other databases, which decide themselves."""
+    checked = check_tracking_uri(uri)
+    if checked is None or checked.split(":", 1)[0].split("+", 1)[0] != "sqlite":
+        return None
+    database = Path(checked.split(":///", 1)[1])
+    return database.with_name(f"{database.stem}-artifacts")
+
+
+def ui_command(uri: str, port: int = UI_PORT) -> str:
+    """The command that serves the MLflow UI on a tracking store (a server is opened directly).
+
+    Experiments fabric-opt creates record their artifact folder themselves; for SQLite
+    ``--default-artifact-root`` points experiments created in the UI (or by other clients of the
+    server) at the same :func:`artifact_root`, instead of ``./mlartifacts`` in the working directory.
+    """
     if uri.startswith(("http://", "https://")):
         return f"open {uri}"
-    return f"mlflow ui --backend-store-uri {uri}"
+    root = artifact_root(uri)
+    flags = f" --default-artifact-root {root}" if root is not None else ""
+    return f"mlflow ui --backend-store-uri {uri}{flags} --host 127.0.0.1 --port {port}"
+
+
+def ui_url(uri: str, experiment_id: str | None = None, port: int = UI_PORT) -> str:
+    """The page of a study's experiment in the MLflow UI, opened on its runs table (``workflowType``
+    switches MLflow 3's UI from its GenAI pages to model training)."""
+    base = uri if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    page = f"/#/experiments/{experiment_id}" if experiment_id else "/#/experiments"
+    return f"{base}{page}?workflowType=machine_learning"
 
 
 def _metric_key(name: str) -> str:
@@ -145,8 +192,17 @@ def _metric_key(name: str) -> str:
 # ---- grids --------------------------------------------------------------------------------
 
 
+LIKED_COLOUR = (0, 160, 60)
+DISLIKED_COLOUR = (210, 30, 30)
+_PAD = 5  # pixels around each image, where liked and disliked images get their frame
+
+
 def reward_grid(
-    images: Sequence[Image.Image], scores: Mapping[str, Sequence[float]], *, title: str | None = None
+    images: Sequence[Image.Image],
+    scores: Mapping[str, Sequence[float]],
+    *,
+    title: str | None = None,
+    choice: tuple[int, int] | None = None,
 ) -> Image.Image:
     """The images of one round side by side, each labelled with its reward(s).
 
@@ -154,9 +210,12 @@ def reward_grid(
         images: ``n`` same-sized images.
         scores: ``objective name -> n scores``; one label line per objective.
         title: a line above the grid (e.g. the prompt and round), cut to the grid's width.
+        choice: the simulated user's ``(liked, disliked)`` image indices: the liked image gets a
+            green frame and a "liked" label, the disliked one a red frame and "disliked".
 
     Returns:
-        An RGB image ``n * w`` wide.
+        An RGB image; cell ``i`` spans ``[i * (w + 2 * pad), (i + 1) * (w + 2 * pad))``
+        horizontally, the image inset by ``pad`` (5) pixels.
     """
     from PIL import Image, ImageDraw, ImageFont
 
@@ -173,21 +232,29 @@ def reward_grid(
         font = ImageFont.load_default()
     line = size + 4
     names = list(scores)
-    label_h = line * max(1, len(names)) + 4
+    label_h = line * (max(1, len(names)) + (choice is not None)) + 4
     title_h = line + 4 if title else 0
-    grid = Image.new("RGB", (w * len(images), title_h + h + label_h), "white")
+    cell = w + 2 * _PAD
+    grid = Image.new("RGB", (cell * len(images), title_h + h + 2 * _PAD + label_h), "white")
     draw = ImageDraw.Draw(grid)
     if title:
-        draw.text((4, 2), _fit(draw, title, font, w * len(images) - 8), fill="black", font=font)
+        draw.text((4, 2), _fit(draw, title, font, cell * len(images) - 8), fill="black", font=font)
+    marks = {} if choice is None else {choice[0]: ("liked", LIKED_COLOUR), choice[1]: ("disliked", DISLIKED_COLOUR)}
     for i, image in enumerate(images):
         tile = image.convert("RGB")
         if tile.size != (w, h):
             tile = tile.resize((w, h), Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC)
-        grid.paste(tile, (i * w, title_h))
+        x, y = i * cell, title_h
+        grid.paste(tile, (x + _PAD, y + _PAD))
+        mark = marks.get(i)
+        if mark is not None:
+            draw.rectangle((x + 1, y + 1, x + cell - 2, y + h + 2 * _PAD - 2), outline=mark[1], width=_PAD - 1)
+        text_y = y + h + 2 * _PAD + 2
         for j, name in enumerate(names):
-            value = scores[name][i]
-            text = _fit(draw, f"{name} {value:.3g}", font, w - 6)
-            draw.text((i * w + 3, title_h + h + 2 + j * line), text, fill="black", font=font)
+            text = _fit(draw, f"{name} {scores[name][i]:.3g}", font, w - 6)
+            draw.text((x + _PAD + 3, text_y + j * line), text, fill="black", font=font)
+        if mark is not None:
+            draw.text((x + _PAD + 3, text_y + len(names) * line), mark[0], fill=mark[1], font=font)
     return grid
 
 
@@ -216,13 +283,13 @@ class Tracker:
     experiment_id: str | None = None
 
     def start_study(self, study: optuna.Study, config: StudyConfig) -> None:
-        """Open (or reopen) the study's experiment and parent run."""
+        """Open (or reopen) the study's experiment and study run."""
 
     def log_baseline(self, objective_names: Sequence[str], baseline: Sequence[Sequence[Sequence[float]]]) -> None:
         """The no-feedback baseline, ``[prompt][round][objective]``, as per-round means."""
 
     def start_trial(self, trial: optuna.Trial, search_values: Mapping[str, Any], params: Mapping[str, Any]) -> None:
-        """Open the trial's child run with its parameters."""
+        """Open the trial's trial run with its parameters."""
 
     def log_round(
         self,
@@ -232,26 +299,28 @@ class Tracker:
         images: Sequence[Image.Image],
         scores: Mapping[str, Sequence[float]],
         prompt: str = "",
+        choice: tuple[int, int] | None = None,
     ) -> None:
-        """One round's labelled image grid."""
+        """One round's labelled image grid (``prompt_index`` and ``round_index`` from 0, as the
+        protocol counts; ``choice`` the user's liked and disliked image)."""
 
     def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        """The finished trial's metrics and state; the parent's best-so-far."""
+        """The finished trial's metrics and state; the study run's best-so-far."""
 
     def fail_trial(self, trial_number: int, state: str = "FAIL") -> None:
         """Close a trial's run when the trial raised past the study (interrupt, error)."""
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str) -> None:
-        """Files attached to the parent run under ``artifact_path``."""
+        """Files attached to the study run under ``artifact_path``."""
 
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
-        """Tags on the parent run (e.g. the recommended trial)."""
+        """Tags on the study run (e.g. the recommended trial)."""
 
     def end_study(self, status: str = "FINISHED") -> None:
-        """Close the parent run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
+        """Close the study run (``FINISHED``, ``FAILED`` or ``KILLED``)."""
 
     def run_url(self) -> str | None:
-        """Where the parent run can be seen, when known."""
+        """Where the study run can be seen, when known."""
         return None
 
 
@@ -356,27 +425,28 @@ class MlflowTracker(Tracker):
                     self.client.update_run(run_id, status="RUNNING")
                     self.parent_run_id = run_id
                     self._trial_runs = {}
-                    logger.info("resuming MLflow parent run %s of study %s", run_id, study.study_name)
+                    logger.info("resuming MLflow study run %s of study %s", run_id, study.study_name)
                     return
             except MlflowException:
                 pass
-            logger.warning("the study's MLflow parent run %s is gone from %s; starting a new one", run_id, self.uri)
+            logger.warning("the study's MLflow study run %s is gone from %s; starting a new one", run_id, self.uri)
         elif run_id:
             logger.warning(
-                "study %s was tracked at %s; logging to %s under a new parent run",
+                "study %s was tracked at %s; logging to %s under a new study run",
                 study.study_name,
                 previous_uri,
                 self.uri,
             )
         run = self.client.create_run(
             self.experiment_id,
-            run_name=study.study_name,
+            run_name=f"{study.study_name} (study)",
             tags={
                 "study": study.study_name,
                 "sampler": config.sampler,
                 "objective": config.objective,
                 "model": config.model,
                 "kind": "study",
+                "mlflow.note.content": _study_note(config),
             },
         )
         self.parent_run_id = run.info.run_id
@@ -387,11 +457,20 @@ class MlflowTracker(Tracker):
     def _experiment(self, name: str, config: StudyConfig) -> str:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
+            root = artifact_root(self.uri)
             return self.client.create_experiment(
-                name, tags={"fabric_opt.study": name, "mlflow.note.content": config.description}
+                name,
+                artifact_location=str(root / name) if root is not None else None,
+                tags={
+                    "fabric_opt.study": name,
+                    "mlflow.note.content": config.description,
+                    EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1],
+                },
             )
         if experiment.lifecycle_stage == "deleted":
             self.client.restore_experiment(experiment.experiment_id)
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
         return experiment.experiment_id
 
     @_guarded
@@ -409,14 +488,15 @@ class MlflowTracker(Tracker):
         for j in range(len(objective_names)):
             for r in range(n_rounds):
                 value = sum(p[r][j] for p in baseline) / len(baseline)
-                metrics.append(Metric(keys[j], float(value), now, r))
+                metrics.append(Metric(keys[j], float(value), now, r + 1))  # rounds from 1
         self.client.log_batch(self.parent_run_id, metrics=metrics, synchronous=True)
 
     # ---- trials --------------------------------------------------------------------------
     @_guarded
     def start_trial(self, trial: optuna.Trial, search_values: Mapping[str, Any], params: Mapping[str, Any]) -> None:
         tags = {
-            "mlflow.parentRunId": self.parent_run_id,
+            STUDY_RUN_TAG: self.parent_run_id,  # not mlflow.parentRunId: MLflow's runs table would fold the trials away
+            "kind": "trial",
             "study": self._study_name,
             "sampler": self._sampler,
             "trial_number": str(trial.number),
@@ -441,13 +521,15 @@ class MlflowTracker(Tracker):
         images: Sequence[Image.Image],
         scores: Mapping[str, Sequence[float]],
         prompt: str = "",
+        choice: tuple[int, int] | None = None,
     ) -> None:
         run_id = self._trial_runs.get(trial_number)
         if run_id is None:
             return
-        title = f"round {round_index}: {prompt}" if prompt else f"prompt {prompt_index}, round {round_index}"
-        grid = reward_grid(images, scores, title=title)
-        self.client.log_image(run_id, grid, key=f"prompt_{prompt_index:02d}", step=round_index, synchronous=True)
+        p, r = prompt_index + 1, round_index + 1  # from 1, for people
+        title = f"trial {trial_number}, prompt {p}, round {r}" + (f": {prompt}" if prompt else "")
+        grid = reward_grid(images, scores, title=title, choice=choice)
+        self.client.log_image(run_id, grid, artifact_file=f"trial-{trial_number}/prompt-{p}/round-{r}.png")
 
     @_guarded
     def end_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -459,7 +541,7 @@ class MlflowTracker(Tracker):
         metrics: list[Metric] = []
         attrs = trial.user_attrs
         for name, per_round in (attrs.get("round_metrics") or {}).items():
-            for r, value in enumerate(per_round):
+            for r, value in enumerate(per_round, start=1):  # rounds from 1
                 if _finite(value):
                     metrics.append(Metric(_metric_key(name), float(value), now, r))
         names = self._objective_names
@@ -525,12 +607,12 @@ class MlflowTracker(Tracker):
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str) -> None:
         if self.parent_run_id is None:
             return
-        for path in paths:
-            self.client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path)
+        for path in paths:  # artifact_path "" puts the files at the top of the run's artifacts
+            self.client.log_artifact(self.parent_run_id, str(path), artifact_path=artifact_path or None)
 
     @_guarded
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
-        """Tags on the parent run (e.g. the recommended trial)."""
+        """Tags on the study run (e.g. the recommended trial)."""
         from mlflow.entities import RunTag
 
         if self.parent_run_id is not None:
@@ -545,10 +627,10 @@ class MlflowTracker(Tracker):
 
     @_guarded
     def attach(self, study: optuna.Study) -> bool:
-        """Reopen a study's parent run for logging (``report``, ``export``) without a config.
+        """Reopen a study's study run for logging (``report``, ``export``) without a config.
 
         Returns:
-            Whether the study has a parent run in this tracking store.
+            Whether the study has a study run in this tracking store.
         """
         run_id = study.user_attrs.get(PARENT_RUN_ATTR)
         if not run_id or study.user_attrs.get(TRACKING_URI_ATTR) != self.uri:
@@ -562,8 +644,8 @@ class MlflowTracker(Tracker):
     def run_url(self) -> str | None:
         if self.parent_run_id is None:
             return None
-        if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        if self.uri and self.uri.startswith(("http://", "https://")):
+            return ui_url(self.uri, self.experiment_id)
         return f"run {self.parent_run_id} in experiment {self._study_name or self.experiment_id}"
 
     def _log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
@@ -619,6 +701,19 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
         "n_validation_prompts": len(p.validation_prompts),
         "search_space": ",".join(config.space.names),
     }
+
+
+def _study_note(config: StudyConfig) -> str:
+    """The study run's description (MLflow shows it on the run page)."""
+    p = config.protocol
+    return (
+        f"{config.description}\n\nObjective {config.objective} on {config.model}; {len(p.prompts)} train prompt(s), "
+        f"{p.rounds} rounds x {p.n_images} images, {config.space.base.steps} steps; sampler {config.sampler}, "
+        f"{config.trials} trials. Each trial is a run `trial-<n>` in this experiment (tag kind=trial) with its "
+        "parameters, per-round scores (step = round, from 1) and one labelled grid per prompt and round "
+        "(trial-<n>/prompt-<p>/round-<r>.png; liked image framed green, disliked red). This run holds the baseline, "
+        "trial_value/best_value per trial, plots, presets and the report."
+    ).strip()
 
 
 def _param_value(value: Any) -> str:

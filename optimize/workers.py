@@ -8,7 +8,7 @@
   writing an image, a NaN reward) becomes a ``FAIL`` trial and the study goes on. Interrupts
   (``KeyboardInterrupt``, ``SystemExit``) are not caught.
 * :func:`recover_dead_trials` is for storages without heartbeats (the journal file): trials left
-  ``RUNNING`` by a worker of this host whose process is gone are failed, their MLflow child run is
+  ``RUNNING`` by a worker of this host whose process is gone are failed, their MLflow trial run is
   marked ``KILLED``, and their parameters are enqueued again.
 * :func:`requeue_stale_trial` is the RDB storages' heartbeat callback (Optuna's own
   ``RetryFailedTrialCallback`` is deprecated): a trial failed by heartbeat timeout is enqueued again.
@@ -153,7 +153,7 @@ def _requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
 def recover_dead_trials(study: optuna.Study, tracker: Any = None) -> list[int]:
     """Fail the ``RUNNING`` trials whose worker (on this host) is no longer alive.
 
-    Each one gets ``error``/``fail_reason`` set, its MLflow child run (user attribute
+    Each one gets ``error``/``fail_reason`` set, its MLflow trial run (user attribute
     ``mlflow_run_id`` of :mod:`optimize.tracking`) marked ``KILLED`` when ``tracker`` can reach
     MLflow, and its parameters enqueued again. Trials of other hosts are left alone: on several
     machines use an RDB storage, whose heartbeats do this.

@@ -46,6 +46,22 @@ CASES = [
     (["study", "--study", "tiny", "--storage", "sqlite:///:memory:"], {}, "in-memory"),
     (["study", "--study", "tiny", "--storage", "redis://localhost/0"], {}, "unsupported storage URL scheme"),
     (["study", "--study", "tiny", "--tracking-uri", "gopher://x"], {}, "tracking URI"),
+    (["study", "--study", "tiny", "--storage", "sqlite:/relative.db"], {}, "write SQLite as sqlite:///relative.db "),
+    (["study", "--study", "tiny", "--storage", "postgres://u@h/db"], {}, "write postgresql://u@h/db"),
+    (["study", "--study", "tiny", "--tracking-uri", "sqlite:/relative.db"], {}, "sqlite:///relative.db (relative"),
+    # every missing weight and the model in one error, each with the flag that fixes it
+    (
+        ["study", "--study", "tiny", "-w", "pickscore={d}/no.pt", "-w", "diversity={d}/no.pt", "-m", "{d}/no.ckpt"],
+        {},
+        "3 problems: diversity: ",
+    ),
+    (
+        ["study", "--study", "tiny", "-w", "pickscore={d}/no.pt", "-m", "{d}/no.ckpt"],
+        {},
+        "(--objective-weights pickscore=PATH); checkpoint file not found",
+    ),
+    (["study", "--study", "tiny", "-m", "org/not-cached-model"], {}, "the hub is offline (HF_HUB_OFFLINE)"),
+    (["study", "--study", "tiny", "-m", "org/not-cached-model"], {}, "(--model PATH)"),
     (["worker", "tiny", "--storage", "{d}/none.journal"], {}, "no study storage"),
     (["worker", "tiny", "--device", "cuda:1"], {}, "CUDA"),
     # unknown study names for report / export
@@ -88,6 +104,7 @@ def test_bad_input_is_one_error_line_exit_2_and_writes_nothing(argv, files, mess
     monkeypatch.chdir(tmp_path)  # default runs/, mlflow.db and outputs/ would land here
     monkeypatch.delenv("FABRIC_OPT_STORAGE", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub model is checked against the cache only
     for name, content in files.items():
         (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     before = _listing(tmp_path)

@@ -80,7 +80,9 @@ def test_study_prints_summary_preset_and_mlflow_command(ran, common, mlflow_db, 
     assert code == 0, err
     assert "Study clitiny (resumed" in out and "2 of 2 finished" in out and "0 run now" in out
     assert f"recommended preset: {ran / 'runs' / NAME / 'presets' / 'clitiny.json'}" in out
-    assert f"mlflow ui --backend-store-uri sqlite:///{mlflow_db}" in out
+    root = mlflow_db.with_name("studies-mlflow-artifacts")  # the artifacts beside the database
+    assert f"mlflow ui --backend-store-uri sqlite:///{mlflow_db} --default-artifact-root {root} " in out
+    assert "#/experiments/" in out and "?workflowType=machine_learning" in out
     assert (ran / "runs" / "optuna.journal").is_file() and (ran / "runs" / NAME / "plots" / "history.png").is_file()
 
 
@@ -92,7 +94,7 @@ def test_resume_with_more_trials_adds_them(ran, common, mlflow_db, capsys):
     assert "3 of 3 finished" in out and "1 run now" in out
     client = MlflowClient(f"sqlite:///{mlflow_db}")
     runs = client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
-    assert len(runs) == 4  # one parent, three trials
+    assert len(runs) == 4  # the study run, three trial runs
 
 
 def test_report_compares_with_the_defaults_on_held_out_prompts(ran, common, capsys):
@@ -110,30 +112,21 @@ def test_report_compares_with_the_defaults_on_held_out_prompts(ran, common, caps
     assert "caution: the comparison uses 1 held-out prompt(s)" in out  # one prompt is not evidence
 
 
-def test_export_formats(ran, common, capsys, tmp_path):
-    code, out, err = run(["export", NAME, "--format", "json", *common], capsys)
+def test_export_formats(ran, capsys, tmp_path):
+    runs = ["--runs-dir", str(ran / "runs")]
+    code, out, err = run(["export", NAME, "--format", "json", *runs], capsys)
     assert code == 0, err
     preset = read_preset(ran / "runs" / NAME / "presets" / f"{NAME}.json")
     assert preset["prompt"] == "a red circle on a blue background" and preset["model"] == "tiny"
 
-    liked = tmp_path / "liked.png"
     from PIL import Image
 
+    liked, disliked = tmp_path / "liked.png", tmp_path / "disliked.png"
     Image.new("RGB", (8, 8), "red").save(liked)
+    Image.new("RGB", (8, 8), "blue").save(disliked)
+    references = ["--liked", str(liked), "--disliked", str(disliked)]
     code, out, err = run(
-        [
-            "export",
-            NAME,
-            "--format",
-            "a1111",
-            "--trial",
-            "0",
-            "--liked",
-            str(liked),
-            "--out",
-            str(tmp_path / "p.txt"),
-            *common,
-        ],
+        ["export", NAME, "--format", "a1111", "--trial", "0", *references, "--out", str(tmp_path / "p.txt"), *runs],
         capsys,
     )
     assert code == 0, err
@@ -141,22 +134,44 @@ def test_export_formats(ran, common, capsys, tmp_path):
     assert fields["prompt"] == "a red circle on a blue background"
     assert fields["negative_prompt"] == "lowres, bad anatomy, bad hands, cropped, worst quality"
     assert fields["Steps"] == "3" and fields["fabric_max_weight"] == "0.3"  # trial 0 is the paper's preset
-    assert fields["fabric_pos_images"] == [str(liked.resolve())] and fields["fabric_neg_images"] == []
-    assert json.loads((tmp_path / "p.preset.json").read_text()) == {
-        "liked_paths": [str(liked.resolve())],
-        "disliked_paths": [],
+    # the references are copied where the extension resolves the preset's and the text's file names
+    folder = tmp_path / "p" / "log" / "fabric"
+    extension_preset = json.loads((folder / "presets" / f"{NAME}.json").read_text())
+    assert extension_preset == {
+        "liked_paths": fields["fabric_pos_images"],
+        "disliked_paths": fields["fabric_neg_images"],
     }
-    assert "note: schedule converted" in out
+    assert (folder / "images" / fields["fabric_pos_images"][0]).read_bytes() == liked.read_bytes()
+    assert "note: schedule converted" in out and f"to use: copy the folder {folder}" in out
 
-    code, out, err = run(["export", NAME, "--format", "comfyui", "--out", str(tmp_path / "c.json"), *common], capsys)
+    code, out, err = run(["export", NAME, "--format", "comfyui", "--out", str(tmp_path / "c.json"), *runs], capsys)
     assert code == 0, err
-    nodes = json.loads((tmp_path / "c.json").read_text())["nodes"]
-    assert nodes["KSamplerFABRICAdv"]["inputs"]["steps"] == 3
-    assert "note:" in out
+    prompt = json.loads((tmp_path / "c.json").read_text())
+    [sampler] = [n for n in prompt.values() if n["class_type"] in ("KSamplerFABRIC", "KSamplerFABRICAdv")]
+    assert sampler["inputs"]["steps"] == 3 and (tmp_path / "c.workflow.json").is_file()
+    assert "note:" in out and "give reference images: fabric-opt export" in out
 
-    code, out, err = run(["export", NAME, "--format", "diffusers", "--out", str(tmp_path / "gen.py"), *common], capsys)
+    code, out, err = run(["export", NAME, "--format", "diffusers", "--out", str(tmp_path / "gen.py"), *runs], capsys)
     assert code == 0, err
     compile((tmp_path / "gen.py").read_text(), "gen.py", "exec")
+
+
+def test_export_needs_neither_torch_nor_mlflow(ran, tmp_path):
+    # the stored recommendation spares the GP fit: fast (`fabric-opt export` is a few small files)
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['fabric-opt', 'export', {NAME!r}, '--format', 'a1111', '--runs-dir', {str(ran / 'runs')!r},"
+        f" '--out', {str(tmp_path / 'x.txt')!r}]\n"
+        "try:\n    runpy.run_module('fabric_opt_cli', run_name='__main__')\nexcept SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print(sorted(m for m in ('mlflow', 'torch', 'botorch', 'matplotlib') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]" and (tmp_path / "x.txt").is_file()
 
 
 # ---- bad input ------------------------------------------------------------------------------
@@ -239,10 +254,11 @@ def test_empty_prompt_file_flag(empty_dir, capsys):
 
 def test_unknown_study_name_for_report_and_export(ran, common, capsys):
     before = _files(ran)
-    for command in (["report", "nosuch"], ["export", "nosuch", "--format", "a1111"]):
-        code, _, err = run([*command, *common], capsys)
+    runs = ["--runs-dir", str(ran / "runs")]
+    for command in (["report", "nosuch", *common], ["export", "nosuch", "--format", "a1111", *runs]):
+        code, _, err = run(command, capsys)
         assert code == 2 and "no study named 'nosuch'" in err and NAME in err
-    code, _, err = run(["export", NAME, "--trial", "99", *common], capsys)
+    code, _, err = run(["export", NAME, "--trial", "99", *runs], capsys)
     assert code == 2 and "has no trial 99" in err
     assert _files(ran) == before
 

@@ -117,7 +117,7 @@ def test_pruner_stops_bad_trials_early(generator, red):
 
 def test_non_finite_scores_fail_the_trial(standins, generator):
     evaluator = make(generator, standins.NaNObjective(), value="final")
-    with pytest.raises(NonFiniteScoreError, match="returned nan for train prompt 0, round 0"):
+    with pytest.raises(NonFiniteScoreError, match="returned nan for train prompt 1, round 1"):
         evaluator.evaluate(FabricParams(steps=2))
     study = optuna.create_study()
     study.optimize(evaluator, n_trials=1, catch=(NonFiniteScoreError,))
@@ -190,10 +190,16 @@ def test_on_round_sees_every_round_and_metrics_are_recorded(generator, red, blue
         Protocol(PROMPTS[:2]),
         SPACE,
         metrics={"blueness": blue},
-        on_round=lambda p, r, images, scores: seen.append((p, r, len(images), list(scores))),
+        on_round=lambda p, r, images, scores, choice: seen.append((p, r, len(images), list(scores), scores, choice)),
     )
     result = evaluator.evaluate(FabricParams(max_weight=0.3, steps=2))
-    assert seen == [(p, r, 4, ["red"]) for p in range(2) for r in range(3)]  # not the baseline's rounds
+    assert [s[:4] for s in seen] == [(p, r, 4, ["red"]) for p in range(2) for r in range(3)]  # not the baseline's
+    for _, r, _, _, scores, choice in seen:  # the user's pick: the reddest liked, the least red disliked
+        if r == 2:
+            assert choice is None  # the last round gets no feedback
+        else:
+            red_scores = scores["red"]
+            assert choice == (red_scores.index(max(red_scores)), red_scores.index(min(red_scores)))
     metrics = result.round_metrics()
     assert set(metrics) == {"score/red", "blueness"} and len(metrics["blueness"]) == 3
 
@@ -254,7 +260,7 @@ def test_batched_prompts_give_the_same_trial_round_by_round(standins, red, blue)
     params = FabricParams(max_weight=0.7, steps=2)
     seen: list[tuple[int, int]] = []
     a = one_by_one.evaluate(params)
-    b = batched.evaluate(params, on_round=lambda p, r, images, scores: seen.append((p, r)))
+    b = batched.evaluate(params, on_round=lambda p, r, images, scores, choice: seen.append((p, r)))
     assert a.values == b.values and [p.round_scores for p in a.prompts] == [p.round_scores for p in b.prompts]
     assert [p.index for p in b.prompts] == [0, 1, 2]
     # baseline (3 rounds) then the trial (3 rounds): two prompts per call, the third alone

@@ -193,7 +193,7 @@ def test_failed_trials_of_one_study_with_mlflow_are_closed_failed(standins, red,
     )
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("mlf").experiment_id])
-    children = {r.data.tags["trial_number"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    children = {r.data.tags["trial_number"]: r for r in runs if r.data.tags.get("kind") == "trial"}
     assert children["0"].info.status == "FINISHED" and children["1"].info.status == "FAILED"
     assert children["1"].data.tags["state"] == "FAIL"
 

@@ -188,3 +188,48 @@ def test_values_must_match_the_space():
     space = mixed_space()
     with pytest.raises(ConfigError, match="missing max_references"):
         space.to_params({"feedback_start": 0.1, "feedback_span": 0.5, "max_weight": 0.5, "neg_scale": 0.5})
+
+
+# ---- frontend-compatible spaces ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("frontend", ["a1111", "comfyui"])
+def test_a_frontend_space_tunes_only_what_the_frontend_carries(frontend):
+    import random
+
+    from optimize.frontends import UNCARRIED
+
+    space = SearchSpace.from_dict({"extends": "default", "frontend": frontend})
+    uncarried = {"pos_bottleneck_scale", "neg_bottleneck_scale", "prompt_dropout", "max_references"}
+    if frontend == "comfyui":
+        uncarried |= {"min_weight_ratio"}  # ComfyUI_fabric has no weight outside the feedback steps
+    assert not uncarried & set(space.names)
+    assert {"feedback_start", "feedback_span", "max_weight", "neg_scale"} <= set(space.names)
+    rng = random.Random(0)
+    for _ in range(200):
+        values = {
+            p.name: rng.uniform(p.low, p.high) if isinstance(p, FloatParam) else rng.randint(p.low, p.high)
+            for p in space.params
+        }
+        params = space.to_params(values)
+        assert all(getattr(params, k) == v for k, v in UNCARRIED.items())
+        if frontend == "a1111":  # on the sliders' 0.05 step, min never above max
+            for key in ("max_weight", "min_weight", "neg_scale"):
+                assert round(getattr(params, key) / 0.05, 9) == round(getattr(params, key) / 0.05)
+            assert params.min_weight <= params.max_weight
+        else:
+            assert params.min_weight == 0.0
+    # the record keeps the frontend and reads back into an equal space
+    assert SearchSpace.from_dict(space.to_dict()) == space and space.to_dict()["frontend"] == frontend
+
+
+def test_a_frontend_space_refuses_what_the_frontend_cannot_carry():
+    with pytest.raises(ConfigError, match="searches prompt_dropout, which a1111 cannot carry"):
+        SearchSpace.from_dict({"extends": "default", "frontend": "a1111", "parameters": {"prompt_dropout": [0, 0.3]}})
+    with pytest.raises(ConfigError, match="fixes prompt_dropout at 0.2, which comfyui cannot carry"):
+        SearchSpace.from_dict({"extends": "default", "frontend": "comfyui", "fixed": {"prompt_dropout": 0.2}})
+    with pytest.raises(ConfigError, match="unknown frontend 'invoke'"):
+        SearchSpace.from_dict({"extends": "default", "frontend": "invoke"})
+    # for_frontend drops them instead
+    space = SearchSpace.default().for_frontend("comfyui")
+    assert "min_weight_ratio" not in space.names and space.fixed["min_weight"] == 0.0

@@ -15,7 +15,7 @@ from fabric.errors import ConfigError
 from fabric.preset import read_preset
 from optimize.config import load_study_config
 from optimize.study import CONFIG_ATTR, Components, StorageSpec, load_components, open_study, run_study
-from optimize.tracking import PARENT_RUN_ATTR, MlflowTracker, NullTracker, TrackingWarning
+from optimize.tracking import PARENT_RUN_ATTR, STUDY_RUN_TAG, MlflowTracker, NullTracker, TrackingWarning
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -44,8 +44,9 @@ def _runs(uri: str, experiment: str):
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no experiment {experiment}"
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get("kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) + len(children) == len(runs)
     return client, parents, children
 
 
@@ -67,7 +68,8 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
     assert len(parents) == 1 and len(children) == 2
     parent = parents[0]
     assert out.study.user_attrs[PARENT_RUN_ATTR] == parent.info.run_id == out.parent_run_id
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {c.data.tags[STUDY_RUN_TAG] for c in children} == {parent.info.run_id}
+    assert parent.info.run_name == "e2e (study)"
     for child in children:
         run_id, data = child.info.run_id, child.data
         assert data.tags["sampler"] == "random" and data.tags["state"] == "COMPLETE"
@@ -77,14 +79,15 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
         assert float(data.params["max_weight"]) == trial.user_attrs["fabric_params"]["max_weight"]
         assert data.params["steps"] == "3" and "search/feedback_span" in data.params
         for key in ("score/pickscore", "diversity"):
-            assert _steps(client, run_id, key) == [0, 1]  # one value per round
+            assert _steps(client, run_id, key) == [1, 2]  # one value per round, rounds from 1
         assert data.metrics["value"] == pytest.approx(trial.value)
         assert {"mean", "se"} <= set(data.metrics)
-        images = [a.path for a in client.list_artifacts(run_id, "images") if a.path.endswith(".png")]
-        assert sorted(p.split("+")[2] for p in images) == ["0", "1"]  # one grid per round of the one prompt
-        assert all(p.startswith("images/prompt_00+step+") for p in images)
-    assert _steps(client, parent.info.run_id, "best_value") == [0, 1]
-    assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [0, 1]
+        number = data.tags["trial_number"]
+        images = [a.path for a in client.list_artifacts(run_id, f"trial-{number}/prompt-1")]
+        assert images == [f"trial-{number}/prompt-1/round-1.png", f"trial-{number}/prompt-1/round-2.png"]
+        assert [a.path for a in client.list_artifacts(run_id)] == [f"trial-{number}"]  # no generated names
+    assert _steps(client, parent.info.run_id, "best_value") == [0, 1]  # step = trial number
+    assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [1, 2]
     assert parent.data.params["rounds"] == "2" and parent.data.params["objective"] == "pickscore"
     artifacts = {a.path for folder in ("plots", "presets") for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {
@@ -92,8 +95,13 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
         "presets/e2e.json",
         "presets/e2e.a1111.txt",
         "presets/e2e.comfyui.json",
+        "presets/e2e.comfyui.workflow.json",
         "presets/e2e.py",
     } <= artifacts
+    # the flat trial table at the top of the study run's artifacts
+    assert "trials.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    table = (tmp_path / "e2e" / "trials.csv").read_text().splitlines()
+    assert table[0].startswith("trial,state,value,warm_start,") and len(table) == 3
     # the recommendation's JSON preset loads back into the exact parameters
     assert out.presets[0].name == "e2e.json" and read_preset(out.presets[0])["params"] == out.recommendation.params
 
@@ -112,7 +120,7 @@ def test_tiny_study_end_to_end_then_resume(tiny_generator, mlflow_uri, tmp_path)
     assert len(parents) == 1 and len(children) == 3
     assert sorted(int(c.data.tags["trial_number"]) for c in children) == [0, 1, 2]
     # the baseline came from the cache: still one value per round on the parent
-    assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [0, 1]
+    assert _steps(client, parent.info.run_id, "baseline/score/pickscore") == [1, 2]
 
     # The budget is spent: running again adds nothing
     again = run_study(
@@ -261,3 +269,27 @@ def test_the_token_cache_bound_reaches_the_study_generator():
     config = load_study_config("tiny", SMALL)
     assert load_components(config, cache_bytes=3 << 20).generator.state_cache.max_bytes == 3 << 20
     assert load_components(config).generator.state_cache.max_bytes == 1 << 30  # the generator's default
+
+
+@pytest.mark.parametrize("frontend", ["a1111", "comfyui"])
+def test_a_frontend_study_exports_exactly_what_it_tuned(frontend, generator, red, tmp_path):
+    from optimize.export import comfyui_plan, export_params
+
+    config = _standin_config(
+        trials=4, warm_start=["paper", "a1111"], search_space={"extends": "default", "frontend": frontend}
+    )
+    out = run_study(config, storage=tmp_path / "s.journal", runs_dir=tmp_path, components=Components(generator, red))
+    for number in out.new_trials:  # every trial ran parameters the frontend can apply
+        params = out.study.trials[number].user_attrs["fabric_params"]
+        assert params["prompt_dropout"] == 0.0 and params["max_references"] is None
+        assert params["pos_bottleneck_scale"] == params["neg_bottleneck_scale"] == 1.0
+    tuned = out.recommendation.params
+    exported = export_params(tuned, frontend)
+    lossy = ("not representable", "rounded", "cannot select", "nearest")
+    assert not [n for n in exported.notes if any(word in n for word in lossy)], exported.notes
+    if frontend == "comfyui":
+        assert comfyui_plan(tuned).exact
+    # the study's own presets (written at the end) say the same
+    ending = ".a1111.txt" if frontend == "a1111" else ".comfyui.workflow.json"
+    written = tmp_path / config.name / "presets" / f"{config.name}{ending}"
+    assert written.is_file() and "not representable" not in written.read_text()

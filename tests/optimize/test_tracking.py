@@ -13,14 +13,19 @@ from fabric.errors import ConfigError
 from optimize.config import load_study_config
 from optimize.study import Components, StorageSpec, run_study
 from optimize.tracking import (
+    DISLIKED_COLOUR,
+    LIKED_COLOUR,
     PARENT_RUN_ATTR,
+    STUDY_RUN_TAG,
     TRACKING_URI_ATTR,
     MlflowTracker,
     NullTracker,
+    artifact_root,
     check_tracking_uri,
     make_tracker,
     reward_grid,
     ui_command,
+    ui_url,
 )
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,7 +66,9 @@ def test_tracking_uri_forms(uri, expected):
     [
         ("./mlruns", "file stores"),
         ("file:///tmp/mlruns", "file stores"),
-        ("sqlite://", "sqlite:///relative.db"),
+        ("sqlite://", "sqlite:///mlflow.db"),
+        ("sqlite:/relative.db", r"write SQLite as sqlite:///relative\.db "),  # not sqlite:///sqlite:/...
+        ("postgres://u@h/db", r"write postgresql://u@h/db"),
         ("http://", "has no host"),
         ("http://host:notaport", "not a valid URL"),
         ("s3://bucket", "unsupported tracking URI scheme"),
@@ -73,30 +80,45 @@ def test_bad_tracking_uris_are_one_line_config_errors(uri, message):
     assert "\n" not in str(info.value)
 
 
-def test_make_tracker_and_ui_command():
+def test_make_tracker_ui_command_and_artifact_root():
     assert isinstance(make_tracker("none"), NullTracker) and not make_tracker("off").enabled
-    tracker = make_tracker("sqlite:////tmp/x.db")
-    assert isinstance(tracker, MlflowTracker) and tracker.uri == "sqlite:////tmp/x.db"
-    assert ui_command(tracker.uri) == "mlflow ui --backend-store-uri sqlite:////tmp/x.db"
+    tracker = make_tracker("sqlite:////tmp/runs/x.db")
+    assert isinstance(tracker, MlflowTracker) and tracker.uri == "sqlite:////tmp/runs/x.db"
+    # artifacts beside the database, one folder per database file
+    assert artifact_root(tracker.uri) == Path("/tmp/runs/x-artifacts")
+    assert artifact_root("sqlite:///runs/mlflow.db") == Path.cwd() / "runs" / "mlflow-artifacts"
+    assert artifact_root("http://127.0.0.1:5000") is None and artifact_root("postgresql://u@h/db") is None
+    assert ui_command(tracker.uri) == (
+        "mlflow ui --backend-store-uri sqlite:////tmp/runs/x.db --default-artifact-root /tmp/runs/x-artifacts "
+        "--host 127.0.0.1 --port 5000"
+    )
     assert ui_command("http://127.0.0.1:5000") == "open http://127.0.0.1:5000"
+    assert ui_url(tracker.uri, "3") == "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
 
 
-def test_reward_grid_labels_every_image_with_its_scores():
+def test_reward_grid_labels_every_image_with_its_scores_and_marks_the_users_choice():
     images = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
     one = reward_grid(images, {"pickscore": [1.0, 2.0, 3.0]})
-    two = reward_grid(images, {"pickscore": [1.0, 2.0, 3.0], "diversity": [80.0, 81.0, 82.0]}, title="round 0: a fox")
+    two = reward_grid(images, {"pickscore": [1.0, 2.0, 3.0], "diversity": [80.0, 81.0, 82.0]}, title="round 1: a fox")
     other = reward_grid(images, {"pickscore": [1.0, 2.5, 3.0]})
-    tile = one.width // 3
-    assert one.width == 3 * tile and tile >= 160  # small images are enlarged so labels fit
+    cell = one.width // 3
+    assert one.width == 3 * cell and cell >= 160  # small images are enlarged so labels fit
     assert two.height > one.height  # a label line per objective, plus the title
     # the label strip under each image has text (dark pixels) and depends on the score
-    strip = one.crop((tile, tile, 2 * tile, one.height)).convert("L")
+    strip = one.crop((cell, cell, 2 * cell, one.height)).convert("L")
     assert min(strip.getdata()) < 100
     assert (
-        one.crop((tile, tile, 2 * tile, one.height)).tobytes()
-        != other.crop((tile, tile, 2 * tile, other.height)).tobytes()
+        one.crop((cell, cell, 2 * cell, one.height)).tobytes()
+        != other.crop((cell, cell, 2 * cell, other.height)).tobytes()
     )
-    assert one.getpixel((tile // 2, tile // 2)) == (255, 0, 0)
+    assert one.getpixel((cell // 2, cell // 2)) == (255, 0, 0)
+    # the liked image framed green, the disliked one red, each with a label; the images themselves untouched
+    marked = reward_grid(images, {"pickscore": [1.0, 2.0, 3.0]}, choice=(2, 0))
+    assert marked.height > one.height  # the "liked"/"disliked" line
+    assert marked.getpixel((2 * cell + 2, cell // 2)) == LIKED_COLOUR
+    assert marked.getpixel((2, cell // 2)) == DISLIKED_COLOUR
+    assert marked.getpixel((cell + 2, cell // 2)) == (255, 255, 255)  # the unmarked one keeps a white margin
+    assert marked.getpixel((cell // 2, cell // 2)) == (255, 0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +165,28 @@ def test_study_logs_to_a_real_mlflow_server_then_moves_to_sqlite(mlflow_server, 
     client = MlflowClient(mlflow_server.url)
     experiment = client.get_experiment_by_name("over-http")
     runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 2
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    # images and presets went through the server's artifact proxy
-    images = [a.path for a in client.list_artifacts(children[0].info.run_id, "images")]
-    assert sum(p.endswith(".png") for p in images) == 4  # 2 prompts x 2 rounds
+    parents = [r for r in runs if r.data.tags.get("kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 2 and len(runs) == 3
+    # the trials sit beside the study run (not nested: MLflow's table would fold them away)
+    assert not any("mlflow.parentRunId" in r.data.tags for r in runs)
+    assert {r.data.tags[STUDY_RUN_TAG] for r in children} == {parents[0].info.run_id}
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # images and presets went through the server's artifact proxy, named trial-N/prompt-K/round-R.png
+    number = children[0].data.tags["trial_number"]
+    images = [
+        a.path
+        for folder in client.list_artifacts(children[0].info.run_id, f"trial-{number}")
+        for a in client.list_artifacts(children[0].info.run_id, folder.path)
+    ]
+    assert sorted(images) == [f"trial-{number}/prompt-{p}/round-{r}.png" for p in (1, 2) for r in (1, 2)]
     assert "presets/over-http.json" in {a.path for a in client.list_artifacts(parents[0].info.run_id, "presets")}
     assert out.study.user_attrs[TRACKING_URI_ATTR] == mlflow_server.url
-    assert tracker.run_url().startswith(f"{mlflow_server.url}/#/experiments/{experiment.experiment_id}/runs/")
+    # the experiment page on its runs table (MLflow 3 opens GenAI pages without workflowType)
+    assert (
+        tracker.run_url()
+        == f"{mlflow_server.url}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning"
+    )
 
     # Resumed against another tracking store, the study gets a new parent run there
     sqlite_uri = mlflow_uri
@@ -169,4 +203,8 @@ def test_study_logs_to_a_real_mlflow_server_then_moves_to_sqlite(mlflow_server, 
     assert moved.study.user_attrs[PARENT_RUN_ATTR] == moved.parent_run_id
     assert moved.study.user_attrs[TRACKING_URI_ATTR] == sqlite_uri
     local = MlflowClient(sqlite_uri)
-    assert len(local.search_runs([local.get_experiment_by_name("over-http").experiment_id])) == 2  # parent + trial 2
+    moved_experiment = local.get_experiment_by_name("over-http")
+    assert len(local.search_runs([moved_experiment.experiment_id])) == 2  # study run + trial 2
+    # a SQLite store keeps its artifacts beside the database
+    root = artifact_root(sqlite_uri)
+    assert moved_experiment.artifact_location.removeprefix("file://") == str(root / "over-http")
