@@ -189,7 +189,8 @@ class RoundsSession:
 
     def reference_images(self) -> tuple[list[Image.Image], list[Image.Image]]:
         """The liked and the disliked images, in marking order (the most recent last)."""
-        liked, disliked = [], []
+        liked: list[Image.Image] = []
+        disliked: list[Image.Image] = []
         for ref in self.references():
             (liked if ref.mark == "liked" else disliked).append(self._image(ref.round, ref.image))
         return liked, disliked
@@ -330,7 +331,8 @@ class RoundsSession:
         out = Path(out_dir) if out_dir is not None else self.export_dir / "export"
         refs_dir = out / "references"
         refs_dir.mkdir(parents=True, exist_ok=True)
-        liked, disliked = [], []
+        liked: list[str] = []
+        disliked: list[str] = []
         for ref in self.references():
             name = f"{ref.mark}-{'upload' if ref.round < 0 else f'round{ref.round}'}-{ref.image}.png"
             path = (refs_dir / name).resolve()

@@ -177,8 +177,8 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                 fields = {}
                 with gr.Accordion("Parameters (from the preset; edit freely)", open=False, elem_id="params"), gr.Row():
                     for name in PARAM_FIELDS:
-                        value = getattr(defaults, name)
-                        label = f"{name} (empty: all)" if name == "max_references" else name
+                        value = box_value(defaults, name)
+                        label = f"{name} (0: all)" if name == "max_references" else name
                         fields[name] = gr.Number(
                             value, label=label, precision=0 if name in ("steps", "max_references") else None,
                             elem_id=f"param-{name}", min_width=120,
@@ -194,11 +194,11 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                 round_info = gr.Markdown("No rounds yet.", elem_id="round-info")
                 gallery = gr.Gallery(
                     label="Latest round (click to like or dislike; click again to clear)", elem_id="round-gallery",
-                    columns=6, height="auto", allow_preview=False, format="png", object_fit="contain",
+                    columns=6, height=240, allow_preview=False, format="png", object_fit="contain",
                     interactive=False, fit_columns=False,
                 )  # fmt: skip
                 references = gr.Gallery(
-                    label="References for the next round", elem_id="references", columns=8, height="auto",
+                    label="References for the next round", elem_id="references", columns=6, height=240,
                     fit_columns=False, allow_preview=False, format="png", interactive=False,
                 )  # fmt: skip
                 with gr.Accordion("Add your own reference images", open=False):
@@ -305,7 +305,7 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
             try:
                 params, _, label = backend.load_preset(preset_v)
                 return {
-                    **{fields[n]: getattr(params, n) for n in PARAM_FIELDS},
+                    **{fields[n]: box_value(params, n) for n in PARAM_FIELDS},
                     status: f"Preset {_escape(label)} loaded.",
                 }
             except Exception as exc:  # noqa: BLE001 - shown in the page
@@ -316,7 +316,7 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                 return {}
             try:
                 params, extra, label = backend.load_preset(Path(file_v))
-                out = {fields[n]: getattr(params, n) for n in PARAM_FIELDS}
+                out = {fields[n]: box_value(params, n) for n in PARAM_FIELDS}
                 if extra.get("prompt"):
                     out[prompt] = extra["prompt"]
                 if "negative_prompt" in extra:
@@ -344,7 +344,7 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
             except Exception as exc:  # noqa: BLE001
                 return {status: _error(exc)}
 
-        def on_select(sid, mode, evt: gr.SelectData):
+        def on_select(sid, mode, evt: Any):
             try:
                 session = backend.sessions.get(sid or "")
                 if session is None or session.last is None:
@@ -505,7 +505,7 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                 rec = tuner.recommendation()
                 if rec is None:
                     raise InvalidParameterError("answer a comparison first: there is no recommendation yet")
-                out = {fields[n]: getattr(rec.params, n) for n in PARAM_FIELDS}
+                out = {fields[n]: box_value(rec.params, n) for n in PARAM_FIELDS}
                 return {**out, tune_status: "The recommended preset is now in the Rounds tab's parameters."}
             except Exception as exc:  # noqa: BLE001
                 return {tune_status: _error(exc)}
@@ -538,17 +538,27 @@ def read_params(values: Sequence[Any]) -> FabricParams:
     """The page's parameter boxes (in :data:`PARAM_FIELDS` order) as validated FabricParams.
 
     Raises:
-        InvalidParameterError: an empty box (other than ``max_references``) or an impossible value.
+        InvalidParameterError: an empty box or an impossible value.
     """
-    data = {}
+    data: dict[str, Any] = {}
     for name, value in zip(PARAM_FIELDS, values):
+        if name == "max_references" and value in (0, None, ""):
+            data[name] = None  # 0 (or an empty box): every reference
+            continue
         if value is None or value == "":
-            if name == "max_references":
-                data[name] = None
-                continue
             raise InvalidParameterError(f"parameter {name} is empty; give a number")
         data[name] = value
     return FabricParams.from_dict(data)
+
+
+def box_value(params: FabricParams, name: str) -> Any:
+    """What a parameter box shows: the value, with ``max_references=None`` ("all") as 0.
+
+    (Gradio's number box sends 0 for an empty box once it has been shown, so "all" cannot be
+    an empty box.)
+    """
+    value = getattr(params, name)
+    return 0 if name == "max_references" and value is None else value
 
 
 def serve(config: AppConfig, *, block: bool = True) -> Any:

@@ -390,11 +390,7 @@ class PreferenceTuner:
             kind = study.user_attrs.get(KIND_ATTR)
             stored = study.user_attrs.get(CONFIG_ATTR)
             if kind != _KIND or not isinstance(stored, Mapping):
-                raise ConfigError(
-                    f"{name!r} in {storage} is a study, not a preference tuner; choose another name",
-                    option="name",
-                    example="NEW",
-                )
+                raise ConfigError(f"{name!r} in {storage} is a study, not a preference tuner; choose another name")
             try:
                 stored_config = PreferenceConfig.from_dict(stored)
             except FabricOptError as exc:
@@ -403,9 +399,7 @@ class PreferenceTuner:
                 changed = sorted(k for k, v in config.to_dict().items() if stored[k] != v)
                 raise ConfigError(
                     f"preference tuner {name!r} was created with other settings ({', '.join(changed)}); "
-                    "resume it with its own settings or choose another name",
-                    option="name",
-                    example="NEW",
+                    "resume it with its own settings or choose another name"
                 )
             config = stored_config
             logger.info("resuming preference tuner %s from %s", name, storage)

@@ -6,8 +6,11 @@ it instead of a person in a browser (``fabric-opt prefer`` does). For a query on
 1. a first round without feedback (the space's base parameters) on seeds fixed per prompt; the
    person likes the image their taste scores highest and dislikes the lowest: the references;
 2. each option's round on the same prompt, the query's seeds and those references
-   (:func:`optimize.preference.query_rounds`);
-3. the option's utility ``u_i`` is its round's mean score under the taste (``objective``);
+   (:func:`optimize.preference.query_rounds`); with ``rounds > 1`` the person goes on with each
+   option as in a FABRIC session: likes the best and dislikes the worst image of every round but
+   the last (by their taste), and the next round (fresh seeds, the same for every option) uses
+   all references so far;
+3. the option's utility ``u_i`` is its last round's mean score under the taste (``objective``);
 4. the answer is option ``i`` with probability ``exp(u_i / T) / sum_j exp(u_j / T)`` (Bradley-Terry;
    for two options ``sigmoid((u_0 - u_1) / T)``), drawn from a generator seeded by the person's seed
    and the query's index. ``temperature=0`` always picks the best option.
@@ -59,6 +62,7 @@ class SimulatedPerson:
         n_images: images per round.
         negative_prompt: the negative prompt of every round.
         temperature: Bradley-Terry temperature in the taste's units (0: noiseless).
+        rounds: feedback rounds per option (the person judges the last).
         seed: seeds the query seeds and the person's draws.
         height, width: image size (the model's default when ``None``).
     """
@@ -70,6 +74,7 @@ class SimulatedPerson:
     n_images: int = 4
     negative_prompt: str = ""
     temperature: float = 0.05
+    rounds: int = 1
     seed: int = 0
     height: int | None = None
     width: int | None = None
@@ -79,6 +84,7 @@ class SimulatedPerson:
         if not self.prompts or not all(isinstance(p, str) and p.strip() for p in self.prompts):
             raise ConfigError("the simulated person needs at least one non-empty prompt")
         check_int("n_images", self.n_images, minimum=2, error=ConfigError)
+        check_int("rounds", self.rounds, minimum=1, error=ConfigError)
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)):
             raise ConfigError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
         if self.temperature < 0:
@@ -118,24 +124,31 @@ class SimulatedPerson:
     def utilities(self, params: Sequence[FabricParams], context: Mapping[str, Any]) -> list[float]:
         """Each preset's utility on ``context``: the mean taste of its round (cached)."""
         keys = [self._key(p, context) for p in params]
-        todo = [i for i, k in enumerate(keys) if k not in self._utilities]
-        if todo:
-            liked, disliked = self.references(context["prompt"], context["first_seeds"])
-            rounds = query_rounds(
-                self.generator,
-                [params[i] for i in todo],
-                prompt=context["prompt"],
-                seeds=context["seeds"],
-                negative_prompt=self.negative_prompt,
-                liked=[liked],
-                disliked=[disliked],
-                height=self.height,
-                width=self.width,
-            )
-            self.rounds_generated += len(todo)
-            for i, images in zip(todo, rounds):
+        for i, key in enumerate(keys):
+            if key in self._utilities:
+                continue
+            first_liked, first_disliked = self.references(context["prompt"], context["first_seeds"])
+            liked, disliked = [first_liked], [first_disliked]
+            for r in range(self.rounds):
+                seeds = [s if r == 0 else stable_seed(s, "round", r) % 2**31 for s in context["seeds"]]
+                (images,) = query_rounds(
+                    self.generator,
+                    [params[i]],
+                    prompt=context["prompt"],
+                    seeds=seeds,
+                    negative_prompt=self.negative_prompt,
+                    liked=liked,
+                    disliked=disliked,
+                    height=self.height,
+                    width=self.width,
+                )
+                self.rounds_generated += 1
                 scores = self._scores(images, context["prompt"])
-                self._utilities[keys[i]] = sum(scores) / len(scores)
+                best = max(range(len(scores)), key=scores.__getitem__)
+                worst = min((j for j in range(len(scores)) if j != best), key=scores.__getitem__)
+                liked.append(images[best])
+                disliked.append(images[worst])
+            self._utilities[key] = sum(scores) / len(scores)
         return [self._utilities[k] for k in keys]
 
     def references(self, prompt: str, first_seeds: Sequence[int]) -> tuple[Any, Any]:

@@ -137,9 +137,8 @@ def test_open_refuses_other_settings_and_studies(tmp_path):
 
     spec = StorageSpec.parse(tmp_path / "prefs.journal")
     PreferenceTuner.open("mine", spec, PreferenceConfig(space=SPACE, **FAST))
-    with pytest.raises(ConfigError, match="other settings") as info:
+    with pytest.raises(ConfigError, match=r"other settings \(options\)"):
         PreferenceTuner.open("mine", spec, PreferenceConfig(space=SPACE, options=3, **FAST))
-    assert info.value.option == "name"
     optuna.create_study(study_name="a-study", storage=spec.open())
     with pytest.raises(ConfigError, match="not a preference tuner"):
         PreferenceTuner.open("a-study", spec, PreferenceConfig(space=SPACE, **FAST))

@@ -73,3 +73,14 @@ def test_bad_settings_are_refused(generator, red, standins):
         SimulatedPerson(generator, red, ["a"], n_images=1)
     with pytest.raises(ConfigError, match="one objective"):
         SimulatedPerson(generator, standins.MultiObjective([red, red]), ["a"])
+
+
+def test_with_more_rounds_each_option_is_a_session_judged_on_its_last_round(generator, red):
+    person = SimulatedPerson(generator, red, ["a"], n_images=3, temperature=0.0, rounds=3)
+    context = person.context(0)
+    calls = len(generator.calls)
+    person.utilities([FabricParams(max_weight=0.5)], context)
+    rounds = generator.calls[calls + 1 :]  # after the first round without feedback
+    assert [len(c["liked"]) for c in rounds] == [1, 2, 3] and [len(c["disliked"]) for c in rounds] == [1, 2, 3]
+    assert rounds[0]["seeds"] == context["seeds"] and rounds[1]["seeds"] != context["seeds"]
+    assert person.rounds_generated == 3
