@@ -180,8 +180,23 @@ def test_rounds_likes_references_undo_and_bad_input(app, page):
     _wait_text(page, "#status", "Undid the last reset")
     _wait_text(page, "#round-info", "Round 2")
 
-    # bad input: a visible message, never a traceback, and the round stays
+    # a preset file fills the parameter boxes; the session exports as a preset plus references
+    from fabric.params import FabricParams
+    from fabric.preset import write_preset
+
+    preset = write_preset(root / "mine.json", FabricParams(max_weight=0.65, neg_scale=0.25), prompt="a shape")
+    page.set_input_files("#preset-file input[type=file]", str(preset))
+    _wait_text(page, "#status", "Preset file mine.json loaded")
     page.click("text=Parameters (from the preset; edit freely)")
+    assert page.input_value("#param-max_weight input") == "0.65"
+    page.click("text=Export the session (preset + references)")
+    page.click("#export")
+    _wait_text(page, "#status", "Exported the session as json")
+    exported = json.loads(next((runs / "app").glob("*/export/session.json")).read_text())
+    assert exported["params"]["max_weight"] == 0.65 and len(exported["liked"]) == 2
+    assert exported["seed"] == [6, 7, 8]  # the next round's seeds
+
+    # bad input: a visible message, never a traceback, and the round stays
     page.fill("#param-feedback_start input", "0.95")
     page.click("#generate")
     assert "must not exceed feedback_end" in _wait_text(page, "#status", "⚠")
