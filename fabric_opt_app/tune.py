@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fabric.errors import ConfigError, InvalidParameterError
 from fabric.params import FabricParams
@@ -24,15 +24,25 @@ from fabric.seeds import stable_seed
 if TYPE_CHECKING:
     from PIL import Image
 
-    from fabric_opt_app.backend import AppBackend
+    from fabric_opt_app.config import AppConfig
     from fabric_opt_app.session import RoundSettings, RoundsSession
     from optimize.preference import PreferenceRecommendation, PreferenceTuner, Query
 
-__all__ = ["AppTuner"]
+__all__ = ["AppTuner", "Backend"]
 
 logger = logging.getLogger(__name__)
 
 _RUN_ATTR = "mlflow_run_id"
+
+
+class Backend(Protocol):
+    """What a tuner needs of :class:`fabric_opt_app.backend.AppBackend` (which creates tuners, so
+    this module does not import it)."""
+
+    config: AppConfig
+    lock: Any
+
+    def generator(self, model: str, progress: Callable[[str], None] | None = None) -> Any: ...
 
 
 class AppTuner:
@@ -41,7 +51,7 @@ class AppTuner:
     Use :meth:`open`. Attributes: ``tuner`` (the :class:`PreferenceTuner`), ``name``.
     """
 
-    def __init__(self, backend: AppBackend, tuner: PreferenceTuner, study: Any) -> None:
+    def __init__(self, backend: Backend, tuner: PreferenceTuner, study: Any) -> None:
         from optimize.tracking import AppRun
 
         self.backend = backend
@@ -57,7 +67,7 @@ class AppTuner:
         )  # fmt: skip
 
     @classmethod
-    def open(cls, backend: AppBackend, name: str, *, options: int, base: FabricParams) -> AppTuner:
+    def open(cls, backend: Backend, name: str, *, options: int, base: FabricParams) -> AppTuner:
         """Create tuner ``name`` in the app's storage (``options`` per query, presets at ``base``'s
         steps and guidance), or resume it with the settings it was created with."""
         import optuna
