@@ -145,7 +145,8 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
     choices = [c.label for c in backend.preset_choices()]
     defaults = FabricParams.paper()
 
-    with gr.Blocks(title="fabric-opt: FABRIC rounds", analytics_enabled=False) as demo:
+    # delete_cache: the images Gradio copies to its cache folder go after a day (checked hourly)
+    with gr.Blocks(title="fabric-opt: FABRIC rounds", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         session_id = gr.State(None)
         query_index = gr.State(None)
         gr.Markdown(

@@ -492,11 +492,10 @@ class PreferenceTuner:
                 continue
             ids = []
             for option in q.options:
-                unit = self.space.to_unit(option)[0].tolist()
-                key = tuple(round(u, _ROUND) for u in unit)
+                key = self._point_key(option)
                 if key not in rows:
                     rows[key] = len(points)
-                    points.append(unit)
+                    points.append(list(key))
                     values.append(dict(option))
                 ids.append(rows[key])
             assert q.winner is not None
@@ -504,6 +503,10 @@ class PreferenceTuner:
         X = torch.tensor(points, **tensor_kwargs).reshape(len(points), len(self.space))
         comparisons = torch.tensor(pairs, dtype=torch.long).reshape(len(pairs), 2)
         return X, comparisons, values
+
+    def _point_key(self, values: Mapping[str, Any]) -> tuple[float, ...]:
+        """A preset's unit-cube coordinates, rounded: presets that agree to 1e-9 are one point."""
+        return tuple(round(u, _ROUND) for u in self.space.to_unit(values)[0].tolist())
 
     def model(self) -> Any:
         """The ``PairwiseGP`` fitted to every answer so far (cached), or ``None`` when there is
@@ -563,10 +566,10 @@ class PreferenceTuner:
             _, _, values = self.data()
             wins = [0] * len(values)
             shown = [0] * len(values)
-            index = {json.dumps(v, sort_keys=True): i for i, v in enumerate(values)}
+            index = {self._point_key(v): i for i, v in enumerate(values)}
             for q in answered:
                 for j, option in enumerate(q.options):
-                    i = index[json.dumps(dict(option), sort_keys=True)]
+                    i = index[self._point_key(option)]
                     shown[i] += 1
                     wins[i] += j == q.winner
             mean, std = self.utility(values)
