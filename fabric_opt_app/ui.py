@@ -237,7 +237,7 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                     tune_start = gr.Button("Show the comparison", variant="primary", elem_id="tune-start")
                 tune_status = gr.Markdown(elem_id="tune-status")
                 option_columns, option_galleries, option_params, option_buttons = [], [], [], []
-                with gr.Row():
+                with gr.Row(equal_height=False):
                     for k in range(MAX_OPTIONS):
                         with gr.Column(visible=k < 2) as column:
                             option_galleries.append(
@@ -245,7 +245,7 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                                     label=f"Option {_LETTERS[k]}",
                                     elem_id=f"tune-option-{k}",
                                     columns=4,
-                                    height="auto",
+                                    height=210,
                                     fit_columns=False,
                                     allow_preview=False,
                                     format="png",
