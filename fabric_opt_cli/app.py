@@ -12,8 +12,10 @@ import typer
 from fabric_opt_cli.export import export
 from fabric_opt_cli.generate import generate
 from fabric_opt_cli.options import with_flag
+from fabric_opt_cli.prefer import prefer
 from fabric_opt_cli.report import report
 from fabric_opt_cli.study import study
+from fabric_opt_cli.webapp import webapp
 from fabric_opt_cli.worker import worker
 
 app = typer.Typer(
@@ -26,6 +28,9 @@ app = typer.Typer(
 # one module per command; each imports its heavy libraries only when it runs
 for _command in (generate, study, report, export, worker):
     app.command(_command.__name__)(_command)
+# the web app and preferential tuning (issue #21)
+app.command("app")(webapp)
+app.command("prefer")(prefer)
 
 
 @app.callback()

@@ -77,6 +77,12 @@ FLAGS = {
     "config": "--config",
     "model": "--model",
     "cache_bytes": "--token-cache-gb",
+    # fabric-opt app
+    "password": "--password",
+    "host": "--host",
+    "port": "--port",
+    "user": "--user",
+    "tuner": "--tuner",
 }
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "reward_grid",
     "ui_command",
     "ui_url",
+    "AppRun",
 ]
 
 logger = logging.getLogger(__name__)
@@ -727,3 +728,123 @@ def _finite(value: Any) -> bool:
 
 def _now() -> int:
     return int(time.time() * 1000)
+
+
+# ---- web app sessions (fabric-opt app) ----------------------------------------------------
+
+
+class AppRun:
+    """One MLflow run of the web app: a session of FABRIC rounds, or a preference tuner.
+
+    Like the study trackers it never stops the app: the first failure warns once (a
+    :class:`TrackingWarning`), sets :attr:`failure` (the app shows it) and switches logging off.
+    Runs are opened lazily, on the first thing logged. Layout of a rounds session (experiment
+    ``fabric-opt-app``, run name ``session-<id>``): ``round-<n>/image-<k>.png`` for every
+    generated round, ``round-<n>/marked.png`` (the round's images framed green when liked, red
+    when disliked) and ``session.json`` (every round's prompt, parameters, seeds, references and
+    marks, plus the event log), rewritten after every change; metrics ``liked`` / ``disliked``
+    (references in use, ``step`` = round); tags ``kind``, ``model``, ``prompt``.
+
+    Args:
+        uri: a tracking URI (``None``/``"none"``: nothing is logged).
+        experiment: the experiment's name.
+        run_name: the run's name.
+        tags: tags set when the run is created.
+        run_id: an existing run to continue (a resumed preference tuner).
+    """
+
+    def __init__(
+        self,
+        uri: str | None,
+        experiment: str,
+        run_name: str,
+        tags: Mapping[str, Any] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.uri = check_tracking_uri(uri)
+        self.enabled = self.uri is not None
+        self.experiment = experiment
+        self.run_name = run_name
+        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.run_id = run_id
+        self.failure: str | None = None
+        self._client: Any = None
+
+    def _guard(self, where: str, fn: Callable[[], _T]) -> _T | None:
+        if not self.enabled:
+            return None
+        try:
+            if self._client is None:
+                import os
+
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+                os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+                from mlflow import MlflowClient
+
+                self._client = MlflowClient(tracking_uri=self.uri)
+            if self.run_id is None:
+                experiment = self._client.get_experiment_by_name(self.experiment)
+                if experiment is None:
+                    experiment_id = self._client.create_experiment(self.experiment)
+                else:
+                    experiment_id = experiment.experiment_id
+                    if experiment.lifecycle_stage == "deleted":
+                        self._client.restore_experiment(experiment_id)
+                self.run_id = self._client.create_run(experiment_id, run_name=self.run_name, tags=self.tags).info.run_id
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - logging must never stop the app
+            self.enabled = False
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.failure = f"{type(exc).__name__}: {first[:200]}"
+            warnings.warn(
+                f"MLflow logging at {self.uri} failed in {where} ({self.failure}); the app goes on without it",
+                TrackingWarning,
+                stacklevel=3,
+            )
+            return None
+
+    def ensure_started(self) -> str | None:
+        """Create the run now (if logging is on); returns its id."""
+        self._guard("start", lambda: None)
+        return self.run_id
+
+    def log_images(self, images: Mapping[str, Image.Image]) -> None:
+        """Images at artifact paths (``{"round-1/image-0.png": image, ...}``)."""
+
+        def log() -> None:
+            for path, image in images.items():
+                self._client.log_image(self.run_id, image, artifact_file=path)
+
+        self._guard("log_images", log)
+
+    def log_json(self, path: str, data: Any) -> None:
+        """A JSON document at an artifact path (rewritten when logged again)."""
+        self._guard("log_json", lambda: self._client.log_dict(self.run_id, data, path))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = _now()
+        items = [Metric(_metric_key(k), float(v), now, step) for k, v in metrics.items() if _finite(v)]
+        self._guard("log_metrics", lambda: self._client.log_batch(self.run_id, metrics=items, synchronous=True))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        self._guard("set_tags", lambda: self._client.log_batch(self.run_id, tags=items, synchronous=True))
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Close the run (nothing happens when none was opened)."""
+        if self.run_id is not None:
+            self._guard("end", lambda: self._client.set_terminated(self.run_id, status=status))
+
+    def describe(self) -> str:
+        """Where the run is, for the page: ``run <id> in <experiment> at <uri>`` or why there is none."""
+        if self.uri is None:
+            return "MLflow logging is off (--tracking-uri none)"
+        if self.failure:
+            return f"MLflow logging is off after an error: {self.failure}"
+        if self.run_id is None:
+            return f"MLflow: a run in experiment {self.experiment!r} at {self.uri} starts with the first round"
+        return f"MLflow run {self.run_id} ({self.run_name}) in experiment {self.experiment!r} at {self.uri}"

@@ -3,8 +3,8 @@ and no two modules import each other, directly or through others.
 
 Layers, bottom to top: the generator (``fabric``), the toy world built on it (``toyworld``),
 reward models (``objectives``), the optimisation layer with the study config (``optimize``),
-study files as data (``studies``, no code to import), benchmarks (``bench``) and the command line
-(``fabric_opt_cli``). Every import counts, also ones inside functions or under
+study files as data (``studies``, no code to import), benchmarks (``bench``), the web app
+(``fabric_opt_app``) and the command line (``fabric_opt_cli``). Every import counts, also ones inside functions or under
 ``TYPE_CHECKING``: a cycle hidden in a function is still a cycle. Re-exports in a package's
 ``__init__`` are the package's surface, not a dependency of its modules, so edges out of an
 ``__init__`` are left out of the cycle check (they still obey the layers).
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("fabric", "toyworld", "objectives", "optimize", "studies", "bench", "fabric_opt_cli")
+LAYERS = ("fabric", "toyworld", "objectives", "optimize", "studies", "bench", "fabric_opt_app", "fabric_opt_cli")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 
 
