@@ -50,7 +50,7 @@ from fabric.params import FabricParams
 from fabric.reference import Group, Reference, ReferencePass
 from fabric.seeds import cpu_generators, stable_seed
 
-__all__ = ["FabricGenerator", "GenerationRequest", "drop_words"]
+__all__ = ["FabricGenerator", "GenerationRequest", "drop_words", "prompts_after_dropout"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,15 @@ def drop_words(prompt: str, p: float, seed: int) -> str:
         return prompt
     rng = random.Random(seed)
     return " ".join(w for w in prompt.split() if rng.random() >= p)
+
+
+def prompts_after_dropout(prompts: Sequence[str], seeds: Sequence[int], dropout: float) -> list[str]:
+    """Each image's prompt after prompt dropout, as :meth:`FabricGenerator.generate` draws it:
+    image ``i`` of a call (seed ``seeds[i]``) drops each word of ``prompts[i]`` with probability
+    ``dropout``, seeded by its seed and position (for showing what a round was generated from)."""
+    if dropout <= 0:
+        return list(prompts)
+    return [drop_words(p, dropout, stable_seed("dropout", s, i)) for i, (p, s) in enumerate(zip(prompts, seeds))]
 
 
 def _split_groups(groups: list[Group], at: int) -> tuple[list[Group], list[Group]]:
@@ -429,12 +438,7 @@ class FabricGenerator:
 
     @staticmethod
     def _dropout(prompts: list[str], seeds: list[int], params: FabricParams) -> list[str]:
-        if params.prompt_dropout <= 0:
-            return prompts
-        return [
-            drop_words(p, params.prompt_dropout, stable_seed("dropout", s, i))
-            for i, (p, s) in enumerate(zip(prompts, seeds))
-        ]
+        return prompts_after_dropout(prompts, seeds, params.prompt_dropout)
 
     @staticmethod
     def _feedback_images(liked, disliked, params: FabricParams) -> tuple[list[_Loaded], list[_Loaded]]:

@@ -56,6 +56,7 @@ _BUILTIN_MODULES = {
     "toy-target": "objectives.toy",
     "toy-diversity": "objectives.toy",
     "toy-taste": "objectives.toy",
+    "toy-adherence": "objectives.toy",
 }
 _ALIASES = {"hpsv1": "hps", "hpsv2.1": "hpsv21", "hps-v2": "hpsv2", "hps-v2.1": "hpsv21", "clip-score": "clipscore"}
 

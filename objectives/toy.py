@@ -13,6 +13,14 @@ real in seconds, without any downloaded checkpoint:
   ``[0, 1]``: ``taste="warm"`` (likes warm colours), ``"stars"``, ``"uncluttered"`` (dislikes
   two-shape scenes), any colour (``"red"``), shape (``"circles"``), size or
   ``"<colour>-background"``. Maximise.
+* ``toy-adherence`` -- prompt adherence read by the attribute classifier: the share of the
+  attributes the prompt names (each shape's size, colour and kind, the number of shapes, the
+  background; :func:`named_attributes`) that the image shows, in ``[0, 1]``; 1 when the prompt
+  names nothing. By default the *expected* share under the classifier's probabilities
+  (smoother, for studies); ``hard=True`` counts the classifier's decisions (presence > 0.5,
+  the most likely background and count). Unlike ``toy-clip`` it reads partial prompts ("a
+  large shape on a gray background") as they are meant. The adherence guard of the toy
+  studies (``guard:`` in ``studies/toy.yaml``). Maximise.
 
 ``weights``: ``None``, ``"toy"`` or ``"tiny"`` use the weights packaged in ``toyworld/weights``;
 a folder path uses the files written there by ``python -m toyworld.train --only rewards``.
@@ -33,7 +41,7 @@ if TYPE_CHECKING:
 
     from toyworld.rewards import AttributeClassifier, ToyClip
 
-__all__ = ["ToyClipScore", "ToyTargetSimilarity", "ToyDiversity", "ToyTaste"]
+__all__ = ["ToyClipScore", "ToyTargetSimilarity", "ToyDiversity", "ToyTaste", "ToyAdherence", "named_attributes"]
 
 _PACKAGED = (None, "toy", "tiny", "default")
 
@@ -203,5 +211,132 @@ class ToyTaste(RewardModel):
         ]
         return torch.cat(scores)
 
+    @property
+    def description(self) -> str:
+        """What the simulated user likes, in words (``"likes warm colours (red, orange, ...)"``)."""
+        return self.taste.description
+
     def __repr__(self) -> str:
         return f"ToyTaste(taste={self.taste.name!r})"
+
+
+def named_attributes(prompt: str) -> dict[str, tuple[str, ...]]:
+    """What a toy prompt asks for: classifier head -> the classes it names, in prompt order.
+
+    The toy grammar is ``"a [size] [colour] (kind | shape) [and a ...] [on a <bg> background]"``
+    (:func:`toyworld.scenes.caption` and its partial captions). Each shape phrase names its size,
+    colour and kind when it says them (``"shape"`` names no kind); the number of phrases names
+    the count (``"one"`` or ``"two"``); ``"on a blue background"`` names the background. Words
+    outside the grammar are ignored, so any prompt parses (perhaps to nothing).
+
+    Example:
+        >>> named_attributes("a small red star and a shape on a blue background")
+        {'size': ('small',), 'colour': ('red',), 'shape': ('star',), 'count': ('two',), 'background': ('blue',)}
+    """
+    import re
+
+    from toyworld.scenes import BACKGROUNDS, COLOURS, SHAPES, SIZES
+
+    text = " ".join(re.findall(r"[a-z]+", str(prompt).lower()))
+    things, _, rest = text.partition(" on a ")
+    if things.startswith("on a "):  # "on a blue background": no shape phrase
+        things, rest = "", things[len("on a ") :]
+    named: dict[str, list[str]] = {"size": [], "colour": [], "shape": [], "count": [], "background": []}
+    phrases = 0
+    for phrase in things.split(" and "):
+        words = phrase.split()
+        if not any(w in SHAPES or w == "shape" for w in words):
+            continue
+        phrases += 1
+        for word in words:
+            head = "size" if word in SIZES else "colour" if word in COLOURS else "shape" if word in SHAPES else None
+            if head is not None and word not in named[head]:
+                named[head].append(word)
+    if phrases:
+        named["count"].append("one" if phrases == 1 else "two")
+    background = rest.removesuffix(" background").strip() if rest.endswith("background") else ""
+    if background in BACKGROUNDS:
+        named["background"].append(background)
+    return {head: tuple(classes) for head, classes in named.items() if classes}
+
+
+@register_objective("toy-adherence")
+class ToyAdherence(RewardModel):
+    """The share of the attributes the prompt names that the image shows (attribute classifier).
+
+    Args:
+        classifier: the toy attribute classifier.
+        hard: count the classifier's decisions (presence > 0.5; the most likely background and
+            count) instead of the expected share under its probabilities.
+        batch_size: images per classifier call.
+    """
+
+    typical = (0.7, 0.2)
+
+    def __init__(self, classifier: AttributeClassifier, *, hard: bool = False, batch_size: int = 64):
+        if not isinstance(hard, bool):
+            raise InvalidParameterError(f"toy-adherence: hard must be true or false, got {hard!r}")
+        self.classifier = classifier
+        self.hard = hard
+        self.batch_size = check_batch_size(batch_size)
+
+    @classmethod
+    def load(
+        cls,
+        weights: str | None = None,
+        device: Any = "cpu",
+        dtype: Any = None,
+        *,
+        hard: bool = False,
+        batch_size: int = 64,
+    ) -> ToyAdherence:
+        from toyworld.rewards import load_attribute_classifier
+
+        device, dtype = placement(device, dtype)
+        return cls(
+            load_attribute_classifier(_weights_dir(weights), device=device, dtype=dtype),
+            hard=hard,
+            batch_size=batch_size,
+        )
+
+    @classmethod
+    def check_weights(cls, weights: str | None = None, **options: Any) -> None:
+        _check(weights, "classifier")
+
+    def shown(self, images: list[Image.Image], prompts: list[str]) -> list[list[tuple[str, str, float]]]:
+        """Per image, one ``(head, class, shown)`` per attribute its prompt names; ``shown`` is the
+        classifier's probability (``hard``: its 0/1 decision) that the image shows it."""
+        import torch
+
+        from toyworld.rewards import HEADS
+
+        chunks = [
+            self.classifier.probabilities(images[i : i + self.batch_size])
+            for i in range(0, len(images), self.batch_size)
+        ]
+        probs = {head: torch.cat([c[head] for c in chunks]) for head in HEADS}  # head -> (n, classes)
+        out = []
+        for row, prompt in enumerate(prompts):
+            items = []
+            for head, classes in named_attributes(prompt).items():
+                names, multi = HEADS[head]
+                p = probs[head][row]
+                for cls in classes:
+                    k = names.index(cls)
+                    if not self.hard:
+                        value = float(p[k])
+                    else:
+                        value = float(p[k] > 0.5) if multi else float(int(p.argmax()) == k)
+                    items.append((head, cls, value))
+            out.append(items)
+        return out
+
+    def _score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+        import torch
+
+        # every named class counts once; a prompt that names nothing has nothing to miss
+        rows = [sum(v for _, _, v in items) / len(items) if items else 1.0 for items in self.shown(images, prompts)]
+        return torch.tensor(rows, dtype=torch.float32)
+
+    def __repr__(self) -> str:
+        return f"ToyAdherence(hard={self.hard})"

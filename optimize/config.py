@@ -22,6 +22,8 @@ commented example)::
     seed: 0                            # image seeds, the simulated user and the sampler
     warm_start: [paper, a1111]         # enqueue these defaults as the first trials
     compare_with: [paper, a1111]       # references of the held-out comparison in `report`
+    guard: {objective: toy-adherence, reference: no-feedback, tolerance: 0.0, penalty: 3.0}
+                                       # optional: a constraint by penalty on a second objective
 
 ``protocol.steps`` and ``protocol.guidance_scale`` become the search space's base values (the
 no-feedback baseline and every trial use them unless the space searches them).
@@ -40,6 +42,7 @@ import hashlib
 import importlib.resources
 import json
 import logging
+import math
 import re
 import types
 from collections.abc import Mapping
@@ -54,6 +57,7 @@ from optimize.protocol import DEFAULT_NEGATIVE_PROMPT, Protocol
 from optimize.space import SearchSpace
 
 __all__ = [
+    "GuardConfig",
     "StudyConfig",
     "STUDIES_DIR",
     "PRUNERS",
@@ -73,8 +77,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 _TOP_KEYS = {
     "name", "description", "extends", "model", "scheduler", "objective", "feedback_objective", "metrics",
     "objective_weights", "objective_options", "prompts", "protocol", "search_space", "sampler", "pruner",
-    "trials", "seed", "warm_start", "compare_with",
+    "trials", "seed", "warm_start", "compare_with", "guard",
 }  # fmt: skip
+_GUARD_KEYS = {"objective", "reference", "tolerance", "penalty"}
+NO_FEEDBACK = "no-feedback"
 _PROTOCOL_KEYS = {
     "feedback", "rounds", "n_images", "steps", "guidance_scale", "negative_prompt", "temperature", "value",
     "height", "width", "prune", "prompt_batch",
@@ -95,6 +101,70 @@ _VALUE_KEYS = (
     "search_space",
 )
 _DEFAULT_TEMPLATE = "pickscore"
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """The study file's ``guard:``: a second objective the tuned parameters may not lose
+    (e.g. prompt adherence), enforced by penalty (:class:`optimize.protocol.Guard`)::
+
+        guard: {objective: toy-adherence, reference: paper, tolerance: 0.0, penalty: 3.0}
+        guard: toy-adherence            # the same with the defaults below
+
+    Attributes:
+        objective: one objective spec (a weighted sum is fine, no commas).
+        reference: whose final-round guard score is the floor: ``"no-feedback"`` (the
+            no-feedback baseline) or a default preset (``"paper"``, ``"a1111"``) run with
+            feedback on the same prompts, seeds and user.
+        tolerance: allowed mean drop below the floor, in the guard objective's units.
+        penalty: value lost per unit of drop beyond the tolerance.
+    """
+
+    objective: str
+    reference: str = NO_FEEDBACK
+    tolerance: float = 0.0
+    penalty: float = 3.0
+
+    def __post_init__(self) -> None:
+        from objectives.composite import parse_spec
+        from optimize.samplers import DEFAULT_PRESETS
+
+        if not isinstance(self.objective, str) or not self.objective.strip() or "," in self.objective:
+            raise ConfigError(f"guard objective must be one objective spec (no commas), got {self.objective!r}")
+        parse_spec(self.objective)
+        if self.reference != NO_FEEDBACK and self.reference not in DEFAULT_PRESETS:
+            raise ConfigError(
+                f"guard reference must be {NO_FEEDBACK} or a preset ({', '.join(DEFAULT_PRESETS)}), got "
+                f"{self.reference!r}"
+            )
+        for name in ("tolerance", "penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"guard {name} must be a finite number, got {value!r}")
+            object.__setattr__(self, name, float(value))
+        if self.penalty < 0:
+            raise ConfigError(f"guard penalty must be >= 0, got {self.penalty}")
+
+    @classmethod
+    def from_data(cls, data: Any) -> GuardConfig | None:
+        """``None``, a spec string or a mapping of the keys above."""
+        if data is None:
+            return None
+        if isinstance(data, GuardConfig):
+            return data
+        if isinstance(data, str):
+            return cls(data)
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"guard must be an objective spec or a mapping, got {data!r}")
+        unknown = sorted(set(map(str, data)) - _GUARD_KEYS)
+        if unknown or "objective" not in data:
+            raise ConfigError(
+                f"guard needs 'objective' and takes {', '.join(sorted(_GUARD_KEYS))}; got {', '.join(map(str, data))}"
+            )
+        return cls(**{str(k): v for k, v in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -121,6 +191,7 @@ class StudyConfig:
         trials: total trial budget; a resumed study runs until it has this many finished trials.
         warm_start: default presets enqueued as the first trials of a new study.
         compare_with: default presets the report compares the recommendation with.
+        guard: a second objective kept from falling, by penalty (``None``: no guard).
         source: the file the study was read from (empty when built in code).
     """
 
@@ -142,6 +213,7 @@ class StudyConfig:
     trials: int = 20
     warm_start: tuple[str, ...] = ("paper", "a1111")
     compare_with: tuple[str, ...] = ("paper", "a1111")
+    guard: GuardConfig | None = None
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -216,6 +288,12 @@ class StudyConfig:
                     f"{', '.join(DEFAULT_PRESETS)}"
                 )
             object.__setattr__(self, key, value)
+        object.__setattr__(self, "guard", GuardConfig.from_data(self.guard))
+        if self.guard is not None and self.multi_objective:
+            raise ConfigError(
+                f"{where}: a guard needs a single objective; for a Pareto front, add {self.guard.objective!r} to the "
+                "objective spec instead"
+            )
 
     # ---- views ---------------------------------------------------------------------------
     @property
@@ -286,6 +364,7 @@ class StudyConfig:
             "seed": p.seed,
             "warm_start": list(self.warm_start),
             "compare_with": list(self.compare_with),
+            "guard": self.guard.to_dict() if self.guard is not None else None,
         }
 
     @classmethod
@@ -405,6 +484,7 @@ class StudyConfig:
             trials=trials,
             warm_start=data.get("warm_start", ("paper", "a1111")) or (),
             compare_with=data.get("compare_with", ("paper", "a1111")) or (),
+            guard=GuardConfig.from_data(data.get("guard")),
             source=source,
         )
 
@@ -417,11 +497,14 @@ class StudyConfig:
     def differences(self, other: StudyConfig) -> list[str]:
         """Names of the trial-value settings in which ``other`` differs from this config."""
         a, b = self._value_record(), other._value_record()
-        return [k for k in _VALUE_KEYS if json.dumps(a[k], sort_keys=True) != json.dumps(b[k], sort_keys=True)]
+        keys = (*_VALUE_KEYS, "guard")
+        return [k for k in keys if json.dumps(a.get(k), sort_keys=True) != json.dumps(b.get(k), sort_keys=True)]
 
     def _value_record(self) -> dict[str, Any]:
         record = self.to_dict()
         out = {k: record[k] for k in _VALUE_KEYS}
+        if record["guard"] is not None:  # absent without one: older studies keep their fingerprint
+            out["guard"] = record["guard"]
         out["protocol"] = {k: v for k, v in out["protocol"].items() if k not in _EXECUTION_PROTOCOL_KEYS}
         return out
 

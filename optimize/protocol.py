@@ -24,6 +24,17 @@ final round's mean score; ``"mean"`` the mean over the rounds that received feed
 and split, cached in memory and, with ``baseline_cache``, in a JSON file keyed by a fingerprint
 of everything it depends on.
 
+Guard (optional, :class:`Guard`): a second objective, e.g. prompt adherence, that the tuned
+parameters may not lose. It is scored every round; its *floor* is the final round's mean guard
+score of reference parameters (the no-feedback baseline, or e.g. the paper's defaults with
+feedback) on the same prompts, seeds and user. With ``drop`` the mean over prompts of
+``floor - final guard score``, the trial value becomes ``value - penalty * max(0, drop -
+tolerance)``: a constraint enforced by penalty, which every sampler can optimise (no
+sampler-side constraint support needed). Per prompt, the penalty is split as
+``penalty * (drop_p - tolerance)`` when it applies, so per-prompt values still average to the
+trial value. ``drop - tolerance`` is recorded as the trial's ``constraint`` user attribute
+(feasible when <= 0).
+
 Held-out ``validation_prompts`` are never scored inside a trial; :meth:`TrialEvaluator.evaluate`
 with ``split="validation"`` scores them for the final recommendation.
 """
@@ -55,6 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
+    "Guard",
     "Protocol",
     "TrialEvaluator",
     "TrialResult",
@@ -79,6 +91,7 @@ Split = Literal["train", "validation"]
 RoundCallback = Callable[[int, int, list, Mapping[str, list[float]], "tuple[int, int] | None"], None]
 
 _CACHE_VERSION = 1
+_MEMO_SIZE = 4096  # remembered (parameters, split, replicate, prompts) runs: a few floats each
 
 
 def choose_feedback(scores: Sequence[float], temperature: float, *, seed: int) -> tuple[int, int]:
@@ -212,6 +225,52 @@ class Protocol:
         raise ConfigError(f"split must be 'train' or 'validation', got {split!r}")
 
 
+@dataclass(frozen=True, eq=False)
+class Guard:
+    """A constraint by penalty on a second objective (see module docs).
+
+    Args:
+        objective: the guarded objective (one score column), scored every round; ``"minimize"``
+            objectives are negated, so a drop is always a loss.
+        reference: parameters whose final-round guard score is the floor, run with feedback on
+            the same prompts, seeds and user; ``None`` for the no-feedback baseline.
+        label: the reference's name in messages and records (``"no feedback"``, ``"paper"``).
+        tolerance: how far (guard units) the mean final guard score may fall below the floor
+            before the penalty starts.
+        penalty: value lost per unit of drop beyond the tolerance (the objective's value units
+            per guard unit); large enough that losing the guard never pays.
+    """
+
+    objective: Objective
+    reference: FabricParams | None = None
+    label: str = "no feedback"
+    tolerance: float = 0.0
+    penalty: float = 3.0
+
+    def __post_init__(self) -> None:
+        directions = getattr(self.objective, "directions", None)
+        if directions is None or len(directions) != 1:
+            raise ConfigError("the guard needs an objective with one score per image")
+        if self.reference is not None and not isinstance(self.reference, FabricParams):
+            raise ConfigError(
+                f"the guard's reference must be FabricParams or None, got {type(self.reference).__name__}"
+            )
+        for name in ("tolerance", "penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"guard {name} must be a finite number, got {value!r}")
+        if self.penalty < 0:
+            raise ConfigError(f"guard penalty must be >= 0, got {self.penalty}")
+
+    @property
+    def name(self) -> str:
+        return self.objective.name
+
+    @property
+    def sign(self) -> float:
+        return -1.0 if self.objective.directions[0] == "minimize" else 1.0
+
+
 @dataclass(frozen=True)
 class PromptResult:
     """One prompt of one evaluation.
@@ -220,8 +279,12 @@ class PromptResult:
         index: position of the prompt in its split.
         prompt: the prompt.
         round_scores: ``[round][objective]`` mean score of the round's images.
-        value: ``[objective]`` this prompt's contribution to the trial value.
+        value: ``[objective]`` this prompt's contribution to the trial value (after the guard's
+            penalty, when there is a guard).
         metrics: extra metric name -> per-round value (e.g. in-batch diversity).
+        guard: per-round mean guard score (empty without a guard).
+        guard_floor: the guard reference's final-round mean guard score on this prompt.
+        unguarded: ``[objective]`` the value before the guard's penalty (``value`` without a guard).
     """
 
     index: int
@@ -229,6 +292,13 @@ class PromptResult:
     round_scores: tuple[tuple[float, ...], ...]
     value: tuple[float, ...]
     metrics: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    guard: tuple[float, ...] = ()
+    guard_floor: float | None = None
+    unguarded: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.unguarded:
+            object.__setattr__(self, "unguarded", tuple(self.value))
 
 
 @dataclass(frozen=True)
@@ -245,6 +315,9 @@ class TrialResult:
         sem: ``[objective]`` standard error of that mean (0 with one prompt).
         baseline_round_scores: ``[prompt][round][objective]`` of the no-feedback baseline, when
             the value is an improvement.
+        guard: with a guard, its summary: ``objective``, ``reference``, ``floor`` and ``final``
+            (means over prompts), ``drop``, ``tolerance``, ``penalty``, ``penalty_applied`` and
+            ``unguarded`` (the value before the penalty).
     """
 
     params: FabricParams
@@ -255,6 +328,7 @@ class TrialResult:
     values: tuple[float, ...]
     sem: tuple[float, ...]
     baseline_round_scores: tuple[tuple[tuple[float, ...], ...], ...] | None = None
+    guard: Mapping[str, Any] | None = None
 
     @property
     def value(self) -> float:
@@ -275,13 +349,17 @@ class TrialResult:
             out[f"score/{name}"] = [_mean([p.round_scores[r][j] for p in self.prompts]) for r in range(n_rounds)]
         for name in self.prompts[0].metrics:
             out[name] = [_mean([p.metrics[name][r] for p in self.prompts]) for r in range(n_rounds)]
+        if self.guard is not None:
+            out[f"guard/{self.guard['objective']}"] = [
+                _mean([p.guard[r] for p in self.prompts]) for r in range(n_rounds)
+            ]
         return out
 
     def user_attrs(self) -> dict[str, Any]:
         """JSON-serialisable summary for ``trial.set_user_attr`` (one key per entry)."""
         single = len(self.objective_names) == 1
         per_prompt = [list(p.value) for p in self.prompts]
-        return {
+        attrs = {
             "per_prompt": [v[0] for v in per_prompt] if single else per_prompt,
             "mean": self.values[0] if single else list(self.values),
             "sem": self.sem[0] if single else list(self.sem),
@@ -289,6 +367,11 @@ class TrialResult:
             "round_metrics": self.round_metrics(),
             "fabric_params": self.params.to_dict(),
         }
+        if self.guard is not None:
+            attrs["guard"] = dict(self.guard)
+            # Optuna's convention for constraints_func: feasible when <= 0
+            attrs["constraint"] = self.guard["drop"] - self.guard["tolerance"]
+        return attrs
 
 
 @dataclass
@@ -304,6 +387,7 @@ class _Session:
     liked: list[Any] = field(default_factory=list)
     disliked: list[Any] = field(default_factory=list)
     round_scores: list[tuple[float, ...]] = field(default_factory=list)
+    guard: list[float] = field(default_factory=list)  # per-round mean guard score
 
 
 class TrialEvaluator:
@@ -320,6 +404,8 @@ class TrialEvaluator:
         feedback_objective: the simulated user's reward model; defaults to ``objective`` (its
             first objective when it is a multi-objective).
         metrics: extra objectives averaged per round for logging only (e.g. diversity).
+        guard: a constraint by penalty on a second objective (:class:`Guard`); single-objective
+            studies only.
         on_round: called after every generated round of a trial as
             ``on_round(prompt_index, round, images, scores, choice)`` (not for baseline rounds),
             ``choice`` the user's ``(liked, disliked)`` image indices or ``None`` (the last
@@ -341,6 +427,7 @@ class TrialEvaluator:
         on_round: RoundCallback | None = None,
         baseline_cache: str | Path | None = None,
         cache_key: str = "",
+        guard: Guard | None = None,
     ) -> None:
         if not isinstance(protocol, Protocol):
             raise ConfigError(f"protocol must be a Protocol, got {type(protocol).__name__}")
@@ -359,6 +446,13 @@ class TrialEvaluator:
                 f"the simulated user needs one score per image; {self.feedback_objective.name!r} gives several"
             )
         self.metrics = dict(metrics or {})
+        if guard is not None and not isinstance(guard, Guard):
+            raise ConfigError(f"guard must be an optimize.protocol.Guard, got {type(guard).__name__}")
+        if guard is not None and len(self.objectives) > 1:
+            raise ConfigError(
+                "a guard needs a single objective; for a Pareto front, add the guarded objective to the spec instead"
+            )
+        self.guard = guard
         self.on_round = on_round
         # called with no arguments after every generated round of any kind (trials, baselines, showcase rounds),
         # for progress displays
@@ -367,6 +461,8 @@ class TrialEvaluator:
         self.cache_key = cache_key
         self.baseline_runs = 0  # baselines generated (not read from a cache) by this evaluator
         self._baselines: dict[str, tuple] = {}
+        self._floors: dict[str, tuple[float, ...]] = {}
+        self._memo: dict[tuple, list] = {}  # scores of runs nobody watched (see _run_prompts)
         self._bound: dict[tuple[str, int], tuple[Any, tuple[Any, ...]]] = {}
         self._target_keys: dict[tuple[str, int], str] = {}
 
@@ -450,13 +546,17 @@ class TrialEvaluator:
         prompts, _ = self.protocol.split(split)
         callback = on_round if on_round is not None else self.on_round
         baseline = self.baseline(split, replicate) if self.protocol.value == "improvement" else None
+        floors = self.guard_floor(split, replicate) if self.guard is not None else None
+        unguarded: list[PromptResult] = []
         results: list[PromptResult] = []
         for batch in self._prompt_batches(len(prompts)):
-            for p, (round_scores, metrics) in zip(
+            for p, (round_scores, metrics, guard) in zip(
                 batch, self._run_prompts(params, split, replicate, batch, feedback=True, on_round=callback)
             ):
                 value = self._prompt_value(round_scores, baseline[p] if baseline is not None else None)
-                results.append(PromptResult(p, prompts[p], round_scores, value, metrics))
+                floor = floors[p] if floors is not None else None
+                unguarded.append(PromptResult(p, prompts[p], round_scores, value, metrics, guard, floor))
+                results = self._apply_guard(unguarded)
                 if trial is not None and self.protocol.prune and not self.multi_objective:
                     trial.report(_mean([r.value[0] for r in results]), step=p)
             done = len(results)
@@ -495,6 +595,56 @@ class TrialEvaluator:
             )
         return self._run_prompts(params, split, replicate, [prompt_index], feedback=feedback, on_round=on_round)[0][0]
 
+    def round_seeds(self, split: Split, replicate: int, prompt_index: int, round_index: int) -> list[int]:
+        """The image seeds of one round (round from 0), the same for every parameter set."""
+        proto = self.protocol
+        return [stable_seed(proto.seed, split, replicate, prompt_index, round_index, i) for i in range(proto.n_images)]
+
+    def guard_floor(self, split: Split = "train", replicate: int = 0) -> tuple[float, ...]:
+        """The guard's floor per prompt: the reference's final-round mean guard score (oriented,
+        higher is better), cached like the baseline."""
+        if self.guard is None:
+            raise ConfigError("the evaluator has no guard")
+        key = self.guard_fingerprint(split, replicate)
+        if key in self._floors:
+            return self._floors[key]
+        stored = self._read_cache().get(key)
+        if stored is not None:
+            floors = tuple(float(v) for v in stored)
+        else:
+            prompts, _ = self.protocol.split(split)
+            ref = self.guard.reference
+            logger.info("computing the guard's floor (%s) on %d %s prompts", self.guard.label, len(prompts), split)
+            floors = tuple(
+                guard[-1]
+                for batch in self._prompt_batches(len(prompts))
+                for _, _, guard in self._run_prompts(
+                    ref if ref is not None else self.space.base,
+                    split,
+                    replicate,
+                    batch,
+                    feedback=ref is not None,
+                    on_round=None,
+                )
+            )
+            self._write_cache(key, floors)
+        self._floors[key] = floors
+        return floors
+
+    def guard_fingerprint(self, split: Split = "train", replicate: int = 0) -> str:
+        """A hash of everything the guard's floor depends on."""
+        assert self.guard is not None
+        ref = self.guard.reference
+        data = {
+            "kind": "guard-floor",
+            "baseline": self.baseline_fingerprint(split, replicate),
+            "guard": _identity(self.guard.objective),
+            "reference": ref.to_dict() if ref is not None else None,
+            "temperature": self.protocol.temperature if ref is not None else None,
+            "feedback_objective": _identity(self.feedback_objective) if ref is not None else None,
+        }
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
+
     def baseline(self, split: Split = "train", replicate: int = 0) -> tuple[tuple[tuple[float, ...], ...], ...]:
         """The no-feedback baseline, ``[prompt][round][objective]`` mean scores (cached)."""
         key = self.baseline_fingerprint(split, replicate)
@@ -510,7 +660,7 @@ class TrialEvaluator:
             baseline = tuple(
                 scores
                 for batch in self._prompt_batches(len(prompts))
-                for scores, _ in self._run_prompts(
+                for scores, _, _ in self._run_prompts(
                     self.space.base, split, replicate, batch, feedback=False, on_round=None
                 )
             )
@@ -556,18 +706,43 @@ class TrialEvaluator:
         *,
         feedback: bool,
         on_round: RoundCallback | None,
-    ) -> list[tuple[tuple[tuple[float, ...], ...], dict[str, tuple[float, ...]]]]:
-        """All rounds of the prompts in ``batch``, round by round; per prompt ``(round scores, metrics)``."""
+    ) -> list[tuple[tuple[tuple[float, ...], ...], dict[str, tuple[float, ...]], tuple[float, ...]]]:
+        """All rounds of the prompts in ``batch``, round by round; per prompt ``(round scores, metrics,
+        per-round guard scores)`` (the last empty without a guard).
+
+        Without ``on_round`` (nobody needs the images) the scores are remembered: the same
+        parameters on the same prompts and seeds give the same images (README, reproducibility
+        contract), so a held-out comparison evaluates the recommendation once for all references,
+        and the guard's floor shares the reference's or the baseline's run."""
+        memo_key = None
+        if on_round is None:
+            memo_key = (params.to_json(), split, replicate, tuple(batch), feedback)
+            if memo_key in self._memo:
+                return self._memo[memo_key]
+        out = self._generate_and_score(params, split, replicate, batch, feedback=feedback, on_round=on_round)
+        if memo_key is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.pop(next(iter(self._memo)))
+            self._memo[memo_key] = out
+        return out
+
+    def _generate_and_score(
+        self,
+        params: FabricParams,
+        split: Split,
+        replicate: int,
+        batch: Sequence[int],
+        *,
+        feedback: bool,
+        on_round: RoundCallback | None,
+    ) -> list[tuple[tuple[tuple[float, ...], ...], dict[str, tuple[float, ...]], tuple[float, ...]]]:
         proto = self.protocol
         prompts, _ = proto.split(split)
         sessions = [
             _Session(p, prompts[p], *self._objectives_for(split, p), {name: [] for name in self.metrics}) for p in batch
         ]
         for r in range(proto.rounds):
-            seeds = [
-                [stable_seed(proto.seed, split, replicate, s.index, r, i) for i in range(proto.n_images)]
-                for s in sessions
-            ]
+            seeds = [self.round_seeds(split, replicate, s.index, r) for s in sessions]
             for s, seeds_of, images in zip(sessions, seeds, self._generate(params, sessions, seeds)):
                 p, prompt = s.index, s.prompt
                 scores = {
@@ -575,6 +750,10 @@ class TrialEvaluator:
                     for name, obj in zip(self.objective_names, s.scored)
                 }
                 s.round_scores.append(tuple(_mean(v) for v in scores.values()))
+                if self.guard is not None:
+                    guarded = self._score(self.guard.objective, images, prompt, where=(split, p, r))
+                    s.guard.append(self.guard.sign * _mean(guarded))
+                    scores = {**scores, self.guard.name: guarded}  # shown beside the objective on grids
                 choice = None
                 if feedback:
                     for name, obj in self.metrics.items():
@@ -598,7 +777,7 @@ class TrialEvaluator:
                     on_round(p, r, images, scores, choice)
                 if self.on_progress is not None:
                     self.on_progress()
-        return [(tuple(s.round_scores), {k: tuple(v) for k, v in s.metrics.items()}) for s in sessions]
+        return [(tuple(s.round_scores), {k: tuple(v) for k, v in s.metrics.items()}, tuple(s.guard)) for s in sessions]
 
     def _generate(self, params: FabricParams, sessions: list[_Session], seeds: list[list[int]]) -> list[list]:
         """One round's images for every session: one ``generate_many`` call when the generator has
@@ -641,6 +820,38 @@ class TrialEvaluator:
         assert baseline is not None
         return tuple(f - b for f, b in zip(final, baseline[-1]))
 
+    def _apply_guard(self, results: list[PromptResult]) -> list[PromptResult]:
+        """``results`` with the guard's penalty (see module docs) on their unguarded values."""
+        import dataclasses
+
+        if self.guard is None or not results:
+            return list(results)
+        tol, penalty = self.guard.tolerance, self.guard.penalty
+        drops = [r.guard_floor - r.guard[-1] for r in results]  # type: ignore[operator]
+        active = _mean(drops) - tol > 0
+        return [
+            dataclasses.replace(r, value=tuple(v - (penalty * (d - tol) if active else 0.0) for v in r.unguarded))
+            for r, d in zip(results, drops)
+        ]
+
+    def _guard_summary(self, results: list[PromptResult]) -> dict[str, Any] | None:
+        if self.guard is None or not results:
+            return None
+        floor = _mean([r.guard_floor for r in results])  # type: ignore[misc]
+        final = _mean([r.guard[-1] for r in results])
+        drop = floor - final
+        return {
+            "objective": self.guard.name,
+            "reference": self.guard.label,
+            "floor": floor,
+            "final": final,
+            "drop": drop,
+            "tolerance": self.guard.tolerance,
+            "penalty": self.guard.penalty,
+            "penalty_applied": self.guard.penalty * max(0.0, drop - self.guard.tolerance),
+            "unguarded": _mean([r.unguarded[0] for r in results]),
+        }
+
     def _result(
         self, params: FabricParams, split: str, replicate: int, results: list[PromptResult], baseline: tuple | None
     ) -> TrialResult:
@@ -659,6 +870,7 @@ class TrialEvaluator:
             values=tuple(values),
             sem=tuple(sems),
             baseline_round_scores=baseline,
+            guard=self._guard_summary(results),
         )
 
     def _score(self, objective: Objective, images: list, prompt: str, where: tuple) -> list[float]:

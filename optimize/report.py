@@ -130,6 +130,13 @@ class StudyReport:
         lines.append("Trials: " + ", ".join(f"{n} {s.lower()}" for s, n in self.states.items() if n) + ".")
         objectives = ", ".join(f"{n} ({d})" for n, d in zip(self.objective_names, self.directions))
         lines += [f"Objective(s): {objectives}.", ""]
+        guard = self.config.get("guard")
+        if guard:
+            lines += [
+                f"Guard: {guard}: a constraint by penalty; trial values and the held-out comparison are the "
+                "objective's value minus that penalty.",
+                "",
+            ]
         rec = self.recommendation
         if rec is not None:
             lines += [
@@ -304,6 +311,12 @@ def build_report(
         "train_prompts": len(config.protocol.prompts),
         "validation_prompts": len(config.protocol.validation_prompts),
     }
+    if config.guard is not None:
+        g = config.guard
+        summary["guard"] = (
+            f"mean final-round {g.objective} may fall at most {g.tolerance:g} below the {g.reference} run's; "
+            f"each unit below costs {g.penalty:g}"
+        )
     return StudyReport(
         study_name=study.study_name,
         objective_names=names,

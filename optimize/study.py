@@ -58,6 +58,7 @@ __all__ = [
     "check_resumable",
     "load_components",
     "make_evaluator",
+    "make_guard",
     "make_pruner",
     "build_sampler",
     "open_study",
@@ -296,7 +297,8 @@ def check_objectives(config: StudyConfig, *, model: bool = True) -> None:
 
     table = config.weights_table
     options = {k: dict(v) for k, v in config.objective_options.items()}
-    specs = [s for s in (config.objective, config.feedback_objective, *config.metrics) if s]
+    guard = config.guard.objective if config.guard is not None else None
+    specs = [s for s in (config.objective, config.feedback_objective, *config.metrics, guard) if s]
     names = sorted({name for spec in specs for terms in parse_spec(spec) for _, name in terms})
     problems: list[FabricOptError] = []
     for name in names:
@@ -327,6 +329,7 @@ class Components:
         feedback_objective: the simulated user's reward model, or ``None`` for the objective.
         metrics: ``name -> objective`` logged per round.
         cache_key: identifies model weights and dtype in the baseline fingerprint.
+        guard_objective: the objective of the study's guard, when it has one.
     """
 
     generator: Any
@@ -334,6 +337,7 @@ class Components:
     feedback_objective: Objective | None = None
     metrics: dict[str, Objective] = field(default_factory=dict)
     cache_key: str = ""
+    guard_objective: Objective | None = None
 
 
 def load_components(
@@ -393,9 +397,10 @@ def load_components(
                 f"'{user.name}' does not"
             )
     metrics = {spec: get(spec) for spec in config.metrics}
+    guard = get(config.guard.objective) if config.guard is not None else None
     dtype_name = str(dtype or getattr(generator, "dtype", "")).removeprefix("torch.")
     cache_key = f"model={config.model}|scheduler={config.scheduler}|dtype={dtype_name}|weights={sorted(table.items())}"
-    return Components(generator, objective, feedback, metrics, cache_key)
+    return Components(generator, objective, feedback, metrics, cache_key, guard)
 
 
 def make_evaluator(
@@ -413,7 +418,30 @@ def make_evaluator(
         metrics=components.metrics,
         baseline_cache=baseline_cache,
         cache_key=components.cache_key,
+        guard=make_guard(config, components),
     )
+
+
+def make_guard(config: StudyConfig, components: Components) -> Any:
+    """The study's :class:`~optimize.protocol.Guard` (``None`` without ``guard:``); a preset
+    reference is mapped into the study's space, as the held-out comparison maps it."""
+    from optimize.config import NO_FEEDBACK
+    from optimize.protocol import Guard
+    from optimize.samplers import DEFAULT_PRESETS
+
+    spec = config.guard
+    if spec is None:
+        return None
+    if components.guard_objective is None:
+        raise ConfigError(f"study {config.name!r} has a guard but its components have no guard objective")
+    space = config.space
+    reference = (
+        None
+        if spec.reference == NO_FEEDBACK
+        else space.to_params(space.from_params(DEFAULT_PRESETS[spec.reference], clip=True))
+    )
+    label = "no feedback" if reference is None else spec.reference
+    return Guard(components.guard_objective, reference, label, spec.tolerance, spec.penalty)
 
 
 def build_sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:

@@ -553,6 +553,10 @@ class MlflowTracker(Tracker):
             for key in ("mean", "sem"):
                 if _finite(attrs.get(key)):
                     metrics.append(Metric("se" if key == "sem" else key, float(attrs[key]), now, 0))
+            guard = attrs.get("guard") or {}
+            for key in ("unguarded", "floor", "final", "drop", "penalty_applied"):
+                if _finite(guard.get(key)):
+                    metrics.append(Metric(f"guard_{key}", float(guard[key]), now, 0))
         else:
             for j, name in enumerate(names):
                 key = _metric_key(name)
@@ -701,7 +705,15 @@ def _study_params(config: StudyConfig) -> dict[str, Any]:
         "n_train_prompts": len(p.prompts),
         "n_validation_prompts": len(p.validation_prompts),
         "search_space": ",".join(config.space.names),
+        "guard": _guard_text(config),
     }
+
+
+def _guard_text(config: StudyConfig) -> str:
+    g = config.guard
+    if g is None:
+        return "none"
+    return f"{g.objective} >= {g.reference} - {g.tolerance:g} (penalty {g.penalty:g} per unit below)"
 
 
 def _study_note(config: StudyConfig) -> str:

@@ -209,3 +209,46 @@ def test_loading_a_study_imports_no_heavy_library():
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     )
+
+
+def test_a_guard_is_read_validated_and_part_of_the_fingerprint(tmp_path):
+    from optimize.config import GuardConfig
+
+    base = load_study_config("tiny")
+    assert base.guard is None and base.to_dict()["guard"] is None
+    guarded = load_study_config(
+        "tiny", {"guard": {"objective": "clipscore", "reference": "paper", "tolerance": 0.5, "penalty": 2}}
+    )
+    assert guarded.guard == GuardConfig("clipscore", "paper", 0.5, 2.0)
+    assert StudyConfig.from_dict(guarded.to_dict()).guard == guarded.guard
+    assert guarded.fingerprint() != base.fingerprint() and base.differences(guarded) == ["guard"]
+    assert load_study_config("tiny", {"guard": "clipscore"}).guard == GuardConfig("clipscore")
+    # a derived study can drop its parent's guard
+    path = tmp_path / "child.yaml"
+    path.write_text("extends: toy\nname: child\nguard: null\n")
+    assert load_study_config(path).guard is None
+
+
+@pytest.mark.parametrize(
+    "guard, message",
+    [
+        ("'pickscore,diversity'", "one objective spec"),
+        ("nosuch", "unknown objective 'nosuch'"),
+        ("{objective: clipscore, reference: nosuch}", "guard reference must be no-feedback or a preset"),
+        ("{objective: clipscore, penalty: -1}", "penalty must be >= 0"),
+        ("{objective: clipscore, tolerance: .nan}", "tolerance must be a finite number"),
+        ("{objective: clipscore, strength: 1}", "guard needs 'objective' and takes"),
+        ("[clipscore]", "guard must be an objective spec or a mapping"),
+    ],
+)
+def test_bad_guards_are_one_line_errors(guard, message, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"extends: tiny\nguard: {guard}\n")
+    with pytest.raises(ConfigError) as info:
+        load_study_config(path)
+    assert re.search(message, str(info.value)), str(info.value)
+    assert "\n" not in str(info.value)
+    pareto = tmp_path / "pareto.yaml"
+    pareto.write_text("extends: tiny\nobjective: pickscore,diversity\nguard: clipscore\n")
+    with pytest.raises(ConfigError, match="single objective"):
+        load_study_config(pareto)

@@ -301,3 +301,79 @@ def test_batched_prompts_on_the_tiny_generator_match_one_by_one(request):
     for a, b in zip(results[1].prompts, results[2].prompts):
         assert [s for r in a.round_scores for s in r] == pytest.approx([s for r in b.round_scores for s in r], abs=1e-4)
     assert len(calls[2]) < len(calls[1]) and max(calls[2]) == 2 * max(calls[1])
+
+
+# ---- the guard: a constraint by penalty on a second objective ----------------------------------
+
+
+def _guarded(generator, red, guard_objective, **guard):
+    from optimize.protocol import Guard
+
+    return TrialEvaluator(generator, red, Protocol(PROMPTS), SPACE, guard=Guard(guard_objective, **guard))
+
+
+def test_the_guard_subtracts_its_penalty_from_the_value(standins, generator, red, blue):
+    params = FabricParams(max_weight=0.9, steps=2)
+    plain = make(standins.ColourGenerator(), red).evaluate(params)
+    guarded = _guarded(generator, red, blue, penalty=2.0).evaluate(params)
+    # the floor: the no-feedback baseline's final-round blue, per prompt
+    floors = [p[-1][0] for p in TrialEvaluator(standins.ColourGenerator(), blue, Protocol(PROMPTS), SPACE).baseline()]
+    assert [p.guard_floor for p in guarded.prompts] == pytest.approx(floors)
+    assert [p.unguarded for p in guarded.prompts] == [p.value for p in plain.prompts]
+    drop = sum(floors) / 3 - sum(p.guard[-1] for p in guarded.prompts) / 3
+    assert drop != 0
+    assert guarded.value == pytest.approx(plain.value - 2.0 * max(0.0, drop))
+    assert guarded.value == pytest.approx(sum(guarded.per_prompt()) / 3)  # per-prompt values still average
+    attrs = guarded.user_attrs()
+    assert attrs["constraint"] == pytest.approx(drop) and attrs["guard"]["unguarded"] == pytest.approx(plain.value)
+    assert len(attrs["round_metrics"]["guard/blue"]) == 3
+    # a tolerance above the drop switches the penalty off
+    lenient = _guarded(standins.ColourGenerator(), red, blue, penalty=2.0, tolerance=abs(drop) + 1).evaluate(params)
+    assert lenient.value == pytest.approx(plain.value) and lenient.per_prompt() == pytest.approx(plain.per_prompt())
+
+
+def test_the_guard_reference_can_be_parameters_with_feedback(standins, generator, red, blue):
+    reference = FabricParams(max_weight=0.9, steps=2)
+    evaluator = _guarded(generator, red, blue, reference=reference, label="strong", penalty=5.0)
+    same = evaluator.evaluate(reference)  # the reference itself loses nothing
+    assert same.guard["drop"] == pytest.approx(0.0) and same.value == pytest.approx(same.guard["unguarded"])
+    assert same.guard["reference"] == "strong"
+    other = evaluator.evaluate(FabricParams(max_weight=0.3, steps=2))
+    expected = other.guard["unguarded"] - 5.0 * max(0.0, other.guard["drop"])
+    assert other.value == pytest.approx(expected)
+
+
+def test_the_guard_floor_is_cached_and_scores_reach_on_round(standins, generator, red, blue, tmp_path):
+    from optimize.protocol import Guard
+
+    cache = tmp_path / "cache.json"
+    seen = []
+    first = TrialEvaluator(
+        generator,
+        red,
+        Protocol(PROMPTS),
+        SPACE,
+        guard=Guard(blue),
+        baseline_cache=cache,
+        on_round=lambda p, r, images, scores, choice: seen.append(set(scores)),
+    )
+    first.evaluate(FabricParams(max_weight=0.5, steps=2))
+    assert seen and all(s == {"red", "blue"} for s in seen)
+    fresh = standins.ColourGenerator()
+    again = TrialEvaluator(fresh, red, Protocol(PROMPTS), SPACE, guard=Guard(blue), baseline_cache=cache)
+    assert again.guard_floor() == first.guard_floor()
+    assert fresh.calls == []
+    assert first.guard_fingerprint() != _guarded(fresh, red, blue, reference=FabricParams(steps=2)).guard_fingerprint()
+
+
+def test_guard_settings_are_checked(standins, generator, red, blue):
+    from optimize.protocol import Guard
+
+    with pytest.raises(ConfigError, match="penalty"):
+        Guard(blue, penalty=-1.0)
+    with pytest.raises(ConfigError, match="tolerance"):
+        Guard(blue, tolerance=float("nan"))
+    with pytest.raises(ConfigError, match="single objective"):
+        TrialEvaluator(generator, standins.MultiObjective([red, blue]), Protocol(PROMPTS), SPACE, guard=Guard(blue))
+    with pytest.raises(ConfigError, match="no guard"):
+        make(generator, red).guard_floor()
