@@ -306,7 +306,7 @@ PROBLEMS: dict[str, Problem] = {
 }
 
 SAMPLERS = ("botorch", "gp", "gp-matched", "tpe", "random", "botorch-full")
-CHECKPOINTS = (10, 20, 40)
+CHECKPOINTS = (20, 40)
 
 
 def _seed_of(*parts: object) -> int:
@@ -671,6 +671,7 @@ def run_task(
 
     from optimize.config import load_study_config
     from optimize.recommend import recommend
+    from optimize.samplers.botorch import ASK_ATTR
     from optimize.study import load_components, make_evaluator, run_study
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -717,6 +718,7 @@ def run_task(
                         "number": t.number,
                         "state": t.state.name,
                         "value": t.value if t.state.name == "COMPLETE" else None,
+                        "kind": (t.system_attrs.get(ASK_ATTR) or {}).get("kind"),
                     }
                     for t in finished
                 ],
@@ -812,7 +814,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--trials", type=int, default=40)
-    parser.add_argument("--checkpoints", type=int, nargs="+", default=None, help="default: 10 20 40 (up to --trials)")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=None, help="default: 20 40 (up to --trials)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/bench_samplers.json"))
     parser.add_argument(
@@ -829,6 +831,9 @@ def main(argv: list[str] | None = None) -> None:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="--task: study override, e.g. protocol.steps=4"
     )
     parser.add_argument("--check-optimum", action="store_true", help="recompute the optimum of hartmann6i and exit")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, default=None, metavar="JSON", help="summarise the runs of earlier --out files"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.check_optimum:
@@ -851,6 +856,14 @@ def main(argv: list[str] | None = None) -> None:
         meta["args"]["runs_dir"] = str(runs_dir)
         args.out.write_text(json.dumps({**meta, "wall_s": time.perf_counter() - start, "results": results}, indent=1))
         print(table)  # noqa: T201 - the report is this script's output
+        return
+
+    if args.merge:
+        runs = [r for path in args.merge for r in json.loads(path.read_text())["runs"]]
+        runs = [r for r in runs if r["problem"] in args.problems and r["sampler"] in args.samplers]
+        summary = summarize(runs, checkpoints)
+        args.out.write_text(json.dumps({**meta, "merged": [str(p) for p in args.merge], "summary": summary}, indent=1))
+        print(markdown(summary, checkpoints))  # noqa: T201
         return
 
     options = _parse_options(args.option)

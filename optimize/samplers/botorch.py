@@ -23,7 +23,8 @@ the best *observed* value, which is what a noisy reward like FABRIC's needs.
 Trials by state:
 
 * COMPLETE trials are the observations.
-* FAIL trials (an exception, a NaN or infinite value) are **failures**. Under common random
+* FAIL trials (an exception, a NaN or infinite value) are **failures**, except those enqueued
+  again because their worker died (user attribute ``retry_of`` on the retry). Under common random
   numbers a parameter setting that failed once fails again, so the sampler must not return
   there. Two mechanisms, both cheap: (a) a second GP is fitted to the indicator "did not fail"
   (1) / "failed" (0) over every finished trial, and the acquisition is multiplied by
@@ -36,7 +37,7 @@ Trials by state:
   are left out of the GP and kept as pending points, so the sampler does not propose their
   neighbourhood again without counting them as evidence. ``"ignore"`` drops them entirely;
   ``"last_value"`` (the earlier behaviour) observes them at their last intermediate value.
-* RUNNING trials are pending points.
+* RUNNING trials, and WAITING ones (enqueued: warm starts, retries), are pending points.
 
 Minimised objectives are negated internally.
 
@@ -143,8 +144,8 @@ class _History:
         observed: complete trials (and pruned ones under ``pruned="last_value"``).
         values: their values, one list per point, signs flipped so every objective is maximised.
         failed: failed trials.
-        pending: running trials (other workers), then pruned ones (``pruned="pending"``).
-        pending_numbers: trial numbers of ``pending`` (running trials only).
+        pending: running and enqueued trials, then pruned ones (``pruned="pending"``).
+        pending_numbers: trial numbers of the running and enqueued trials in ``pending``.
     """
 
     observed: list[dict[str, Any]] = field(default_factory=list)
@@ -354,15 +355,18 @@ class BoTorchSampler(BaseSampler):
         single = len(sign) == 1
         history = _History()
         pruned: list[dict[str, Any]] = []
-        states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.FAIL)
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=states):
-            if t.number == trial.number:
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        # A trial whose worker died is enqueued again (optimize.workers, user attribute retry_of):
+        # its failure says nothing about its parameters.
+        retried = {t.user_attrs.get("retry_of") for t in trials}
+        for t in trials:
+            if t.number == trial.number or (t.state == TrialState.FAIL and t.number in retried):
                 continue
             params = _trial_params(t)
             if not all(name in params and _contains(dist, params[name]) for name, dist in search_space.items()):
                 continue
             point = {name: params[name] for name in search_space}
-            if t.state == TrialState.RUNNING:
+            if t.state in (TrialState.RUNNING, TrialState.WAITING):  # waiting: enqueued, runs soon
                 history.pending.append(point)
                 history.pending_numbers.append(t.number)
                 continue
@@ -586,9 +590,10 @@ def _maximize(
         values = _evaluate(acqf, candidates)
     starts = candidates[values.argsort(descending=True)[:num_restarts]].unsqueeze(-2)  # (k, 1, d)
 
-    relaxed, _ = gen_candidates_scipy(
-        starts, acqf, lower_bounds=bounds[0], upper_bounds=bounds[1], options={"maxiter": maxiter}
-    )
+    with warnings.catch_warnings(record=True):  # BoTorch forces its L-BFGS-B warnings on; a short run expects them
+        relaxed, _ = gen_candidates_scipy(
+            starts, acqf, lower_bounds=bounds[0], upper_bounds=bounds[1], options={"maxiter": maxiter}
+        )
     X = _snap(relaxed.detach().squeeze(-2), encoding)  # (k, d)
     with torch.no_grad():
         best = _evaluate(acqf, X)  # (k,)
@@ -629,11 +634,12 @@ def _quiet_botorch_warnings() -> None:
     from linear_operator.utils.warnings import NumericalWarning
 
     # Expected and harmless here: tiny data sets, jitter on near-duplicate points, L-BFGS
-    # stopping early on flat acquisitions or at maxiter.
+    # stopping early on flat acquisitions or at maxiter, BoTorch falling back from low-rank updates.
     warnings.simplefilter("ignore", InputDataWarning)
     warnings.simplefilter("ignore", OptimizationWarning)
     warnings.simplefilter("ignore", NumericalWarning)
     warnings.filterwarnings("ignore", message="Optimization failed", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message="Low-rank cholesky updates failed")
 
 
 def is_model_failure(exc: BaseException) -> bool:

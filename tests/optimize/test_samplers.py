@@ -209,6 +209,23 @@ def test_pruned_trials_are_pending_points_by_default(pruned, observed, pending):
     assert history.failed == [{"x": 0.5}]
 
 
+def test_failures_of_dead_workers_do_not_count_and_enqueued_trials_are_pending():
+    from optimize.samplers.botorch import BoTorchSampler
+
+    TS = optuna.trial.TrialState
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.1}, distributions=dist, value=1.0))
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.5}, distributions=dist, state=TS.FAIL))  # worker died
+    study.add_trial(optuna.trial.create_trial(params={"x": 0.9}, distributions=dist, state=TS.FAIL))  # a real failure
+    study.enqueue_trial({"x": 0.5}, user_attrs={"retry_of": 1})  # what recover_dead_trials does
+    asking = study.ask()  # pops the retry
+    study.enqueue_trial({"x": 0.3})  # a warm start nobody runs yet
+    history = BoTorchSampler(seed=0)._collect(study, asking._cached_frozen_trial, dist)
+    assert history.failed == [{"x": 0.9}]
+    assert history.pending == [{"x": 0.3}] and history.pending_numbers == [4]
+
+
 @pytest.mark.gpu
 def test_botorch_sampler_fits_the_gp_on_cuda():
     study = optuna.create_study(sampler=sampler("botorch", n_startup_trials=3, device="cuda"))
