@@ -25,7 +25,10 @@ were fixed before the design of issue #16 and run once it was frozen:
     rosenbrock-fail held-out  log(1 + Rosenbrock-4) on [-2, 2]^4, noise sd 0.2, f* = 0; trials with
                               x1 + x2 > 2.3 fail (9 % of the box, next to the optimum (1, 1, 1, 1)),
                               and 10 % of all trials fail at random (NaN), seeded per seed and trial
-    fabric-noisy    held-out  over SearchSpace.default() (8 floats + max_references 1..8): 1 minus a
+    hartmann6-noisy noise     Hartmann-6 with noise sd 0.5 (15 % of its range), only for
+                              --experiment noise: added after fabric-noisy proved too hard for any
+                              sampler to tell the ways of spending a budget apart
+    fabric-noisy    held-out  over SearchSpace.default() (8 floats + max_references 1..8): minus a
                               smooth bump exp(-q(u - c)) in unit coordinates, three parameters
                               dominant, the optimum on two bounds; noise sd 0.3, i.e. 30 % of the
                               range; f* = -1
@@ -265,6 +268,14 @@ PROBLEMS: dict[str, Problem] = {
             0.1,
         ),
         Problem(
+            "hartmann6-noisy",
+            "noise study",
+            lambda: _floats([f"x{i}" for i in range(1, 7)], 0.0, 1.0),
+            lambda p: hartmann6(_vec(p, [f"x{i}" for i in range(1, 7)])),
+            -3.322368011391339,
+            0.5,
+        ),
+        Problem(
             "styblinski5",
             "held-out",
             lambda: _floats([f"x{i}" for i in range(1, 6)], -5.0, 5.0),
@@ -319,7 +330,6 @@ def make_bench_sampler(name: str, seed: int, distributions: Mapping[str, Any], *
 
     from optimize.samplers import make_sampler
     from optimize.samplers.botorch import default_startup_trials
-    from optimize.samplers.design import SobolDesignSampler
 
     if name == "botorch":
         return make_sampler("botorch", seed=seed, search_space=dict(distributions), **options)
@@ -327,6 +337,8 @@ def make_bench_sampler(name: str, seed: int, distributions: Mapping[str, Any], *
         full = {"reuse_hyperparameters": False, "num_restarts": 8, "maxiter": 200, **options}
         return make_sampler("botorch", seed=seed, search_space=dict(distributions), **full)
     if name == "gp-matched":
+        from optimize.samplers.design import SobolDesignSampler
+
         n_startup = options.pop("n_startup_trials", default_startup_trials(len(distributions)))
         return optuna.samplers.GPSampler(
             seed=seed,
@@ -559,7 +571,10 @@ def markdown(summary: dict, checkpoints: Sequence[int], reference: str = "gp-mat
     for problem, rows in summary.items():
         for sampler in sorted(rows, key=lambda s: order.index(s) if s in order else 99):
             row = rows[sampler]
-            cells = [problem + ("" if row["group"] == "held-out" else " (dev)"), sampler]
+            cells = [
+                problem + {"held-out": "", "development": " (dev)"}.get(row["group"], f" ({row['group']})"),
+                sampler,
+            ]
             for rule in ("recommended", "observed"):
                 for t in checkpoints:
                     c = row[f"{rule}@{t}"]
@@ -608,6 +623,72 @@ def noise_markdown(runs: list[dict]) -> str:
             q1, med, q3 = np.percentile([r["regret"] for r in group], [25, 50, 75])
             wins = sum(r["regret"] < base[r["seed"]] for r in group if r["seed"] in base)
             lines.append(f"| {problem} | {arm} | {med:.3g} [{q1:.3g}, {q3:.3g}] | {wins}/{len(group)} |")
+    return "\n".join(lines)
+
+
+# ---- ask cost -----------------------------------------------------------------------------------
+
+
+def ask_cost(sampler: str, seed: int, n_trials: int = 40) -> dict:
+    """CPU seconds of every ask of ``sampler`` on ``fabric-noisy`` (9-D, SearchSpace.default()).
+
+    Uses only ``make_sampler`` and ``SearchSpace``, so this function also runs on older versions
+    of the code (copy this file into a checkout of an earlier commit): how "before" was measured.
+    """
+    import warnings
+
+    import optuna
+    import torch
+
+    from optimize.samplers import make_sampler
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    space = _fabric_space()
+    options = {"search_space": space.distributions()} if sampler.startswith("botorch") else {}
+    obj = make_sampler(sampler, seed=seed, **options)
+    inner = obj.sample_relative
+    asks: list[tuple[int, float]] = []
+
+    def timed(study, trial, search_space):
+        complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        start = time.process_time()
+        out = inner(study, trial, search_space)
+        asks.append((complete, time.process_time() - start))
+        return out
+
+    obj.sample_relative = timed
+    study = optuna.create_study(sampler=obj)
+
+    def objective(trial) -> float:
+        params = space.suggest(trial)
+        noise = np.random.default_rng(_seed_of("fabric-noisy", seed, trial.number, 0)).normal(0.0, 0.3)
+        return _fabric_value(params) + float(noise)
+
+    study.optimize(objective, n_trials=n_trials)
+    return {"sampler": sampler, "seed": seed, "asks": asks}
+
+
+def ask_cost_markdown(results: list[dict], n_startup: int) -> str:
+    lines = [
+        "| sampler | median CPU per model-based ask | mean | median, asks at 20-29 trials | at 30-39 trials | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    for sampler in dict.fromkeys(r["sampler"] for r in results):
+        asks = [(n, c) for r in results if r["sampler"] == sampler for n, c in r["asks"] if n >= n_startup]
+        if not asks:
+            continue
+
+        def med(lo: int, hi: int) -> str:
+            sel = [c for n, c in asks if lo <= n < hi]
+            return f"{np.median(sel):.3f} s" if sel else "-"
+
+        lines.append(
+            f"| {sampler} | {np.median([c for _, c in asks]):.3f} s | {np.mean([c for _, c in asks]):.3f} s | "
+            f"{med(20, 30)} | {med(30, 40)} | "
+            f"{max(c for _, c in asks):.3f} s |"
+        )
     return "\n".join(lines)
 
 
@@ -809,7 +890,12 @@ def _parse_options(items: Sequence[str]) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.samplers", description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument(
+        "--problems",
+        nargs="+",
+        default=[p for p in PROBLEMS if PROBLEMS[p].group != "noise study"],
+        choices=list(PROBLEMS),
+    )
     parser.add_argument("--samplers", nargs="+", default=["botorch", "gp", "gp-matched", "tpe", "random"])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0)
@@ -824,7 +910,7 @@ def main(argv: list[str] | None = None) -> None:
         metavar="SAMPLER.KEY=VALUE",
         help="sampler option, e.g. botorch.n_startup_trials=5 (value parsed as JSON)",
     )
-    parser.add_argument("--experiment", choices=("samplers", "noise"), default="samplers")
+    parser.add_argument("--experiment", choices=("samplers", "noise", "ask-cost"), default="samplers")
     parser.add_argument("--task", default=None, metavar="STUDY", help="the real task: run this study per sampler")
     parser.add_argument("--runs-dir", type=Path, default=None, help="--task: where studies and per-run JSON go")
     parser.add_argument(
@@ -867,6 +953,16 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     options = _parse_options(args.option)
+    if args.experiment == "ask-cost":
+        jobs = [(s, seed, args.trials) for seed in seeds for s in args.samplers]  # interleaved
+        results = _pool(ask_cost, jobs, args.workers)
+        # Optuna's GPSampler and ours both ask with a model from 10 / 6 complete trials on; count
+        # model-based asks from 10 complete trials for every sampler, so the same asks are compared.
+        table = ask_cost_markdown(results, n_startup=10)
+        args.out.write_text(json.dumps({**meta, "wall_s": time.perf_counter() - start, "results": results}, indent=1))
+        print(table)  # noqa: T201
+        return
+
     if args.experiment == "noise":
         jobs = [(p, arm, s) for p in args.problems for arm in NOISE_ARMS for s in seeds]
         runs = _pool(run_noise_arm, jobs, args.workers)
