@@ -707,3 +707,42 @@ class CubeEncoding:
         """``[0, 1]^d`` -> model space (same shape)."""
         bounds = self.bounds(dtype=U.dtype, device=U.device)
         return bounds[0] + U * (bounds[1] - bounds[0])
+
+    def from_cells(self, U: torch.Tensor) -> torch.Tensor:
+        """``[0, 1]^d`` -> model space, giving every discrete value an equal share of ``[0, 1]``.
+
+        :meth:`from_unit` followed by snapping to the nearest allowed value gives the two end
+        values of an integer range half the share of the others (``1..8``: 1 and 8 drawn at
+        1/14 each, the rest at 1/7). Here a column's ``[0, 1]`` is cut into equal cells instead:
+        categoricals ``floor(u * k)``; integers and stepped floats by rounding
+        ``low - step/2 + u * (high - low + step)`` (on a log scale, the logarithms of those
+        bounds), as Optuna's random sampler draws them. A uniform design over ``[0, 1]^d`` (a
+        Sobol sequence) therefore stays uniform over the allowed values. Continuous columns are
+        mapped as by :meth:`from_unit`.
+
+        Args:
+            U: a ``n x d`` (or ``d``) Tensor in ``[0, 1]``.
+
+        Returns:
+            A Tensor of the same shape in model space; discrete columns hold allowed values.
+        """
+        import torch
+
+        X = self.from_unit(U).clone()
+        cols = X.reshape(-1, self.dim)
+        u = U.reshape(-1, self.dim).clamp(0.0, 1.0)
+        for i, dist in enumerate(self.distributions.values()):
+            if i in self.cat_dims:
+                k = len(self.cat_dims[i])
+                cols[:, i] = torch.clamp(torch.floor(u[:, i] * k), max=k - 1)
+            elif i in self.discrete_dims:
+                step = dist.step
+                lo, hi = dist.low - step / 2, dist.high + step / 2
+                if dist.log:
+                    value = torch.exp(math.log(lo) + u[:, i] * (math.log(hi) - math.log(lo)))
+                else:
+                    value = lo + u[:, i] * (hi - lo)
+                k = torch.clamp(torch.round((value - dist.low) / step), 0, len(self.discrete_dims[i]) - 1)
+                allowed = torch.tensor(self.discrete_dims[i], dtype=X.dtype, device=X.device)
+                cols[:, i] = allowed[k.long()]
+        return cols.reshape(X.shape)

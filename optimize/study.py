@@ -529,6 +529,7 @@ def run_study(
     components: Components | None = None,
     progress: StudyProgress | None = None,
     export: bool = True,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> StudyOutcome:
     """Create or resume the study and run it up to its trial budget (see module docs).
 
@@ -549,6 +550,9 @@ def run_study(
         components: already loaded models (tests, notebooks); ``config.model`` is then not loaded.
         progress: receives progress events.
         export: write the recommendation's presets and the plots at the end.
+        sampler: a sampler object to use instead of the configured one (benchmarks that compare
+            samplers the registry cannot build); the stored configuration still names
+            ``config.sampler``.
 
     Raises:
         ConfigError: invalid or incompatible settings, missing weights (before anything is created).
@@ -569,7 +573,7 @@ def run_study(
     # 1. Check everything that can be wrong, before anything is created
     if components is None:
         check_objectives(config)
-    sampler = build_sampler(config)
+    sampler = sampler if sampler is not None else build_sampler(config)
     pruner = make_pruner(config)
     resumed = check_resumable(config, name, spec)
 
