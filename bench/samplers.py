@@ -434,7 +434,7 @@ def run_one(
     )
     clock["last"] = time.process_time()
     study.optimize(objective, n_trials=n_trials, catch=(_Failed,))
-    trials = []
+    trials: list[dict[str, Any]] = []
     for t in study.trials:
         rec = records.get(t.number, {})
         ask = t.system_attrs.get(ASK_ATTR) or {}
@@ -449,7 +449,13 @@ def run_one(
                 "params": rec.get("params"),
             }
         )
-    run = {"problem": problem, "sampler": sampler, "seed": seed, "noise_scale": noise_scale, "trials": trials}
+    run: dict[str, Any] = {
+        "problem": problem,
+        "sampler": sampler,
+        "seed": seed,
+        "noise_scale": noise_scale,
+        "trials": trials,
+    }
     run["regret"] = {
         rule: {str(t): regret(run, t, rule) for t in sorted({*CHECKPOINTS, n_trials}) if t <= n_trials}
         for rule in ("recommended", "observed")
@@ -658,7 +664,7 @@ def ask_cost(sampler: str, seed: int, n_trials: int = 40) -> dict:
         asks.append((complete, time.process_time() - start))
         return out
 
-    obj.sample_relative = timed
+    obj.sample_relative = timed  # type: ignore[method-assign]  # timing every ask
     study = optuna.create_study(sampler=obj)
 
     def objective(trial) -> float:
@@ -779,7 +785,7 @@ def run_task(
             outcome = run_study(
                 config,
                 name=name,
-                storage=runs_dir / f"{name}.journal",
+                storage=str(runs_dir / f"{name}.journal"),
                 runs_dir=runs_dir,
                 components=components,
                 export=False,
@@ -812,7 +818,8 @@ def run_task(
                 sub.add_trials(finished[:t])
                 try:
                     rec = recommend(
-                        sub, outcome.config.space, evaluator=evaluator, references=list(references),
+                        sub, outcome.config.space, evaluator=evaluator,  # type: ignore[arg-type]
+                        references=list(references),
                         split="validation", seed=seed,
                     )  # fmt: skip
                 except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
@@ -928,7 +935,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     checkpoints = tuple(args.checkpoints or [t for t in CHECKPOINTS if t <= args.trials])
     start = time.perf_counter()
-    meta = {
+    meta: dict[str, Any] = {
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "args": vars(args) | {"out": str(args.out)},
@@ -954,7 +961,7 @@ def main(argv: list[str] | None = None) -> None:
 
     options = _parse_options(args.option)
     if args.experiment == "ask-cost":
-        jobs = [(s, seed, args.trials) for seed in seeds for s in args.samplers]  # interleaved
+        jobs: list[tuple[Any, ...]] = [(s, seed, args.trials) for seed in seeds for s in args.samplers]
         results = _pool(ask_cost, jobs, args.workers)
         # Optuna's GPSampler and ours both ask with a model from 10 / 6 complete trials on; count
         # model-based asks from 10 complete trials for every sampler, so the same asks are compared.
@@ -964,7 +971,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     if args.experiment == "noise":
-        jobs = [(p, arm, s) for p in args.problems for arm in NOISE_ARMS for s in seeds]
+        jobs = [(p, arm, s) for p in args.problems for arm in NOISE_ARMS for s in seeds]  # interleaved
         runs = _pool(run_noise_arm, jobs, args.workers)
         table = noise_markdown(runs)
         args.out.write_text(json.dumps({**meta, "wall_s": time.perf_counter() - start, "runs": runs}, indent=1))

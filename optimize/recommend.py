@@ -25,7 +25,7 @@ from optimize.space import SearchSpace
 if TYPE_CHECKING:
     import optuna
 
-    from optimize.protocol import TrialEvaluator
+    from optimize.protocol import Split, TrialEvaluator
 
 __all__ = [
     "Candidate",
@@ -219,7 +219,7 @@ def recommend(
     top_k: int = 3,
     extra_seeds: int = 0,
     references: Mapping[str, FabricParams] | Sequence[str] | None = ("paper", "a1111"),
-    split: str = "validation",
+    split: Split = "validation",
     n_bootstrap: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -311,7 +311,7 @@ def compare(
     reference: FabricParams,
     *,
     label: str = "reference",
-    split: str = "validation",
+    split: Split = "validation",
     objective: int = 0,
     n_bootstrap: int = 2000,
     confidence: float = 0.95,

@@ -626,8 +626,8 @@ class CubeEncoding:
                 self.cat_dims[i] = [float(k) for k in range(len(dist.choices))]
             elif isinstance(dist, (FloatDistribution, IntDistribution)):
                 lo, hi = self._to_model(dist, dist.low), self._to_model(dist, dist.high)
-                step = getattr(dist, "step", None)
-                if isinstance(dist, IntDistribution) or step is not None:
+                step = dist.step  # int for IntDistribution, None for a continuous float
+                if step is not None:
                     n = int(round((dist.high - dist.low) / step))
                     self.discrete_dims[i] = [self._to_model(dist, dist.low + k * step) for k in range(n + 1)]
             else:
@@ -675,7 +675,7 @@ class CubeEncoding:
         value, so any real row decodes to a valid point; ints come back as ``int``.
         """
         import torch
-        from optuna.distributions import CategoricalDistribution, IntDistribution
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         rows = X.detach().to("cpu", torch.float64).reshape(-1, self.dim).tolist()
         out = []
@@ -689,10 +689,12 @@ class CubeEncoding:
                     if isinstance(dist, CategoricalDistribution):
                         values[name] = dist.choices[k]
                         continue
+                    assert isinstance(dist, (FloatDistribution, IntDistribution)) and dist.step is not None
                     step = dist.step
                     value = dist.low + k * step
                     values[name] = int(value) if isinstance(dist, IntDistribution) else min(float(value), dist.high)
                     continue
+                assert isinstance(dist, (FloatDistribution, IntDistribution))
                 value = math.exp(x) if dist.log else x
                 values[name] = min(max(value, dist.low), dist.high)
             out.append(values)
@@ -727,6 +729,7 @@ class CubeEncoding:
             A Tensor of the same shape in model space; discrete columns hold allowed values.
         """
         import torch
+        from optuna.distributions import FloatDistribution, IntDistribution
 
         X = self.from_unit(U).clone()
         cols = X.reshape(-1, self.dim)
@@ -736,13 +739,14 @@ class CubeEncoding:
                 k = len(self.cat_dims[i])
                 cols[:, i] = torch.clamp(torch.floor(u[:, i] * k), max=k - 1)
             elif i in self.discrete_dims:
+                assert isinstance(dist, (FloatDistribution, IntDistribution)) and dist.step is not None
                 step = dist.step
                 lo, hi = dist.low - step / 2, dist.high + step / 2
                 if dist.log:
                     value = torch.exp(math.log(lo) + u[:, i] * (math.log(hi) - math.log(lo)))
                 else:
                     value = lo + u[:, i] * (hi - lo)
-                k = torch.clamp(torch.round((value - dist.low) / step), 0, len(self.discrete_dims[i]) - 1)
+                index = torch.clamp(torch.round((value - dist.low) / step), 0, len(self.discrete_dims[i]) - 1)
                 allowed = torch.tensor(self.discrete_dims[i], dtype=X.dtype, device=X.device)
-                cols[:, i] = allowed[k.long()]
+                cols[:, i] = allowed[index.long()]
         return cols.reshape(X.shape)

@@ -107,16 +107,16 @@ class StorageSpec:
             ConfigError: a malformed URL, an unsupported scheme, or a missing database driver.
         """
         if storage is None or str(storage).strip() == "":
-            path = (Path(runs_dir) / JOURNAL_NAME).expanduser().resolve()
-            return cls(str(path), "journal", path)
+            journal = (Path(runs_dir) / JOURNAL_NAME).expanduser().resolve()
+            return cls(str(journal), "journal", journal)
         text = str(storage).strip()
         scheme = text.split(":", 1)[0].lower() if ":" in text else ""
         if scheme.split("+", 1)[0] == "sqlite" and not text.startswith(f"{scheme}:///"):
             # sqlite:/x.db, sqlite:x.db, sqlite://x.db: SQLAlchemy wants three slashes before a relative path
-            path = text.split(":", 1)[1].lstrip("/") or "study.db"
+            db = text.split(":", 1)[1].lstrip("/") or "study.db"
             raise ConfigError(
-                f"storage {text!r}: write SQLite as sqlite:///{path} (relative to the working directory) or "
-                f"sqlite:////absolute/{Path(path).name}",
+                f"storage {text!r}: write SQLite as sqlite:///{db} (relative to the working directory) or "
+                f"sqlite:////absolute/{Path(db).name}",
                 option="storage",
             )
         if scheme.split("+", 1)[0] == "postgres":
@@ -155,15 +155,15 @@ class StorageSpec:
         except ImportError as exc:
             hint = _DRIVER_HINTS.get(url.get_backend_name(), f"install the database driver ({exc.name})")
             raise ConfigError(f"storage URL {text!r} needs a database driver that is not installed: {hint}") from None
-        path = None
+        database: Path | None = None
         if url.get_backend_name() == "sqlite":
             if not url.database or url.database == ":memory:":
                 raise ConfigError(
                     f"storage {text!r}: an in-memory SQLite database cannot hold a study between runs; give a file"
                 )
-            path = Path(url.database).expanduser().resolve()
-            text = f"{scheme}:///{path}"
-        return cls(text, "rdb", path)
+            database = Path(url.database).expanduser().resolve()
+            text = f"{scheme}:///{database}"
+        return cls(text, "rdb", database)
 
     def exists(self) -> bool:
         """Whether the storage may hold studies already (files must exist; servers are assumed to)."""
@@ -363,7 +363,7 @@ def load_components(
 
         # one first round per prompt: trials whose dropout dropped nothing reuse the baseline's
         n_prompts = len(config.protocol.prompts) + len(config.protocol.validation_prompts)
-        kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+        kwargs: dict[str, Any] = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
         generator = FabricGenerator.from_pretrained(
             config.model,
             device=device,
@@ -393,7 +393,7 @@ def load_components(
                 f"'{user.name}' does not"
             )
     metrics = {spec: get(spec) for spec in config.metrics}
-    dtype_name = str(dtype or getattr(generator, "dtype", "")).removeprefix("torch.")
+    dtype_name = str(dtype or getattr(generator, "dtype", None) or "").removeprefix("torch.")
     cache_key = f"model={config.model}|scheduler={config.scheduler}|dtype={dtype_name}|weights={sorted(table.items())}"
     return Components(generator, objective, feedback, metrics, cache_key)
 

@@ -291,7 +291,7 @@ class BoTorchSampler(BaseSampler):
         # Other workers read these to treat this trial as pending before its params are stored.
         storage = study._storage
         storage.set_trial_system_attr(trial._trial_id, _RELATIVE_PARAMS_KEY, json.dumps(params))
-        record = {
+        record: dict[str, Any] = {
             "kind": kind,
             "pending": history.pending_numbers,
             "failed": len(history.failed),
@@ -394,7 +394,7 @@ class BoTorchSampler(BaseSampler):
 
         device = torch.device(self._device)
         dtype = self._dtype or torch.float64
-        tkw = {"dtype": dtype, "device": device}
+        tkw: dict[str, Any] = {"dtype": dtype, "device": device}
         X = encoding.encode(history.observed, **tkw)  # (n, d), model space
         Y = torch.tensor(history.values, **tkw)  # (n, m), to maximise
         if len(Y) < 2 or bool((Y.std(dim=0) <= 1e-12 * Y.abs().amax(dim=0).clamp_min(1.0)).any()):
@@ -575,7 +575,7 @@ def _maximize(
     from torch.quasirandom import SobolEngine
 
     d = bounds.shape[-1]
-    tkw = {"dtype": bounds.dtype, "device": bounds.device}
+    tkw: dict[str, Any] = {"dtype": bounds.dtype, "device": bounds.device}
     generator = torch.Generator().manual_seed(seed)
     unit = SobolEngine(d, scramble=True, seed=seed).draw(raw_samples, dtype=torch.float64).to(**tkw)
     raw = [encoding.from_cells(unit)]
