@@ -60,8 +60,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from fabric.shapes import SD15_UNET, SDXL_UNET
+
+if TYPE_CHECKING:
+    from bench.flops import ComponentFlops
 
 __all__ = [
     "BenchConfig",
@@ -235,7 +239,7 @@ class BenchConfig:
     steps: int = 20
     refs: tuple[int, ...] = (0, 1, 2, 4)
     repeats: int = 5
-    bias_mode: str = "mask"
+    bias_mode: Literal["mask", "fold"] = "mask"
     fuse: bool = False
     cache_gb: float = 1.0
     rounds: int = 3
@@ -334,7 +338,7 @@ def _images(seed: int, n: int, size: int) -> list:
     rng = np.random.default_rng(seed)
     # smooth random fields, upsampled: closer to photos than per-pixel noise
     return [
-        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
         for _ in range(n)
     ]
 
@@ -401,7 +405,7 @@ def _summary(runs: list[Measurement]) -> dict:
     }
 
 
-_COMPONENTS: dict[tuple[str, int], object] = {}  # (model, size) -> ComponentFlops
+_COMPONENTS: dict[tuple[str, int], ComponentFlops] = {}  # (model, size) -> per-component FLOPs
 
 
 def _estimate(gen, cfg: BenchConfig, k: int):
@@ -592,7 +596,8 @@ def backends(gen, cfg: BenchConfig, refs: int = 2) -> dict:
         "fold": lambda: weighted_attention(q, k, v, bias, mode="fold"),
     }
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cfg.device == "cuda" else [])
-    out = {"layer": asdict(layer), "batch": cfg.batch, "refs": refs, "dtype": cfg.dtype, "variants": {}}
+    variants_out: dict[str, dict] = {}
+    out = {"layer": asdict(layer), "batch": cfg.batch, "refs": refs, "dtype": cfg.dtype, "variants": variants_out}
     for name, fn in variants.items():
         fn()
         with profile(activities=activities) as prof:
@@ -601,7 +606,7 @@ def backends(gen, cfg: BenchConfig, refs: int = 2) -> dict:
         times = []
         for _ in range(max(3, cfg.repeats)):
             times.append(measure(fn, cfg.device).wall)
-        out["variants"][name] = {"kernels": ops, "ms": 1e3 * _median(times)}
+        variants_out[name] = {"kernels": ops, "ms": 1e3 * _median(times)}
     return out
 
 
@@ -610,7 +615,7 @@ class _Switch:
 
     def __init__(self, gen) -> None:
         self.gen = gen
-        self._compiled = None  # compiled once, reused by every "on" block
+        self._compiled: Callable | None = None  # compiled once, reused by every "on" block
 
     @contextmanager
     def on(self, name: str) -> Iterator[None]:

@@ -39,7 +39,7 @@ TINY = [
 ]  # fmt: skip
 # Groups share one backbone (built once, as load_objective shares it): build time is paid by
 # the first objective of a group, the others show scoring speed only.
-FULL = [
+FULL: list[list[tuple[str, dict, str]]] = [
     [
         ("clipscore", {}, "CLIP ViT-L/14"),
         ("aesthetic", {}, "CLIP ViT-L/14 + MLP head"),

@@ -22,7 +22,7 @@ Usage::
     python -m bench.study                      # the toy-demo study (toy model, CPU, ~2 min)
     python -m bench.study --study toy --trials 12
     python -m bench.study --prompt-batch 2     # prompts one by one vs two per call
-    python -m bench.study --prompt-batch 2 --fuse off   # the same with the separate reference pass
+    python -m bench.study --prompt-batch 2 --fuse on    # the same with the (opt-in) fused reference pass
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def run_once(
     prompt_batch: int = 1,
     seed: int = 0,
     sampler: str | None = None,
-    fuse: bool | None = None,
+    fuse: bool = False,
 ) -> dict:
     """Run ``study`` with ``trials`` trials into a fresh temp folder; time it and count U-Net calls."""
     import torch
@@ -105,11 +105,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--sampler", default=None, help="override the study's sampler (e.g. random: the same trials in both arms)"
     )
     parser.add_argument(
-        "--fuse", choices=("auto", "on", "off"), default="auto", help="the generator's fuse_reference_pass in both arms"
+        "--fuse", choices=("on", "off"), default="off", help="the generator's fuse_reference_pass in both arms"
     )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    fuse = {"auto": None, "on": True, "off": False}[args.fuse]
+    fuse = args.fuse == "on"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import optuna
 

@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["BenchConfig", "prompt_following", "feedback_steering", "main"]
 
@@ -147,7 +148,8 @@ def feedback_steering(gen, cfg: BenchConfig, max_weight: float | None = None, ou
         scores_mean = {arm: torch.zeros(n_prompts, cfg.rounds) for arm in ("feedback", "none")}
         for p, prompt in enumerate(cfg.feedback_prompts):
             for arm in ("feedback", "none"):
-                liked, disliked = [], []
+                liked: list[Any] = []
+                disliked: list[Any] = []
                 for r in range(cfg.rounds):
                     seeds = _seeds(1_000_000 * (p + 1) + 1_000 * r, cfg.images_per_round)
                     images = gen.generate(
@@ -230,7 +232,9 @@ def tuning_cost(study: str, presets: dict[str, Path]) -> dict:
     last = config.protocol.rounds - 1
     results: dict = {"study": study, "prompts": len(prompts)}
     for name, (params, feedback) in rows.items():
-        taste, hits, counts = [], {}, {}
+        taste: list[float] = []
+        hits: dict[str, float] = {}
+        counts: dict[str, float] = {}
         for p, prompt in enumerate(prompts):
             final: list = []
             scores_final: list = []
@@ -297,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     overrides = {"tastes": args.tastes, "feedback_prompts": args.prompts, "n_prompts": args.n_prompts}
-    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None})
+    cfg = BenchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
     # the no-feedback arm is the same for every taste: generate it once
     gen = FabricGenerator(build_toy_pipeline(args.weights), plain_cache_size=len(cfg.feedback_prompts) * cfg.rounds)
     results: dict = {"config": asdict(cfg)}

@@ -202,6 +202,7 @@ class FabricAttnProcessor:
         main, fresh = hidden_states[: -state.fresh], hidden_states[-state.fresh :]
         tokens = fresh.clone()  # kept by the token cache: must not hold the whole batch alive
         state.recorded[self.name] = tokens
+        assert state.resolve is not None  # set with ``fresh`` by the reference pass
         groups = state.resolve(self.name, tokens)
         ref_out = self.base(attn, fresh, None, attention_mask, temb, **kwargs)
         if not _any_references(groups):

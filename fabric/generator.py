@@ -164,7 +164,7 @@ class AttentionBasedGenerator(torch.nn.Module):
             guidance_scale=guidance_scale,
         )
         side = LATENT_SIZE * self.pipeline.vae_scale_factor
-        return self.fabric.generate(
+        images = self.fabric.generate(
             prompt,
             negative_prompt,
             liked,
@@ -175,6 +175,8 @@ class AttentionBasedGenerator(torch.nn.Module):
             height=side,
             width=side,
         )
+        assert isinstance(images, list)  # PIL images: the legacy API has no output_type
+        return images
 
 
 def _params(**values: float) -> FabricParams:

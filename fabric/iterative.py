@@ -148,7 +148,7 @@ class FeedbackSession:
             **kwargs,
         )
         self.round += 1
-        return images
+        return images  # type: ignore[return-value]  # PIL images unless kwargs ask for latents
 
     def give_feedback(self, liked: Sequence[ImageLike] = (), disliked: Sequence[ImageLike] = ()) -> None:
         self.liked.extend(load_images(liked))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -116,8 +116,8 @@ class _Step:
     the per-layer weights, and (fused pass) where each reference's tokens come from."""
 
     use: list[tuple[list[Reference], list[Reference]]]  # per group: (liked, disliked) in use
-    pos_w: dict[str, float]
-    neg_w: dict[str, float]
+    pos_w: Mapping[str, float]
+    neg_w: Mapping[str, float]
     cached: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # image key -> layer tokens
     fresh: dict[str, int] = field(default_factory=dict)  # image key -> row among the fused rows
     fresh_keys: list[tuple] = field(default_factory=list)  # token-cache keys of the fused rows
@@ -225,9 +225,11 @@ class ReferencePass:
             z_t = self._noised([needed[i] for i in missing], t, index)
             return self._with_reference_rows(args, kwargs, z_t, time_ids)
         recorded = dict(zip((r.key for r in needed), self._record(needed, keys, found, t, index, time_ids)))
-        state.layers = {
-            name: self._layer_references(name, lambda r, name=name: recorded[r.key][name]) for name in self.layer_names
-        }
+
+        def tokens_at(name: str) -> Callable[[Reference], torch.Tensor]:
+            return lambda r: recorded[r.key][name]
+
+        state.layers = {name: self._layer_references(name, tokens_at(name)) for name in self.layer_names}
         state.mode = "inject"
         return None
 

@@ -64,6 +64,7 @@ def offline_clip_tokenizer(model_max_length: int = 77, pad_token: str = "<|endof
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_bpe_vocab()
-    tok = CLIPTokenizer(vocab=dict(vocab), merges=[tuple(m.split()) for m in merges], pad_token=pad_token)
+    pairs = [tuple(m.split()) for m in merges]
+    tok = CLIPTokenizer(vocab=dict(vocab), merges=pairs, pad_token=pad_token)
     tok.model_max_length = model_max_length
     return tok

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     try:  # recent typer vendors click
         from typer._click.exceptions import ClickException
     except ImportError:  # pragma: no cover - typer on top of click
-        from click import ClickException
+        from click import ClickException  # type: ignore[assignment]
 
     level = os.environ.get("FABRIC_OPT_LOG_LEVEL", "WARNING").upper()
     if not isinstance(logging.getLevelName(level), int):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from optimize.study import StudyProgress
+
 if TYPE_CHECKING:
     import optuna
 
@@ -46,7 +48,7 @@ def get_console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
-class RichProgress:
+class RichProgress(StudyProgress):
     """rich progress bars with time left for :func:`optimize.study.run_study` (an
     ``optimize.study.StudyProgress``) and for ``report``'s replay of the protocol."""
 

@@ -117,7 +117,7 @@ def generate(
             dtype=dt,
             scheduler=scheduler,
             model_type=model_type,
-            config=config,
+            config=None if config is None else str(config),
             lora=loras,
             cache_bytes=0,
         )
@@ -140,6 +140,7 @@ def generate(
     from fabric.preset import write_preset
 
     out.mkdir(parents=True, exist_ok=True)
+    assert isinstance(images, list)  # PIL images (output_type "pil")
     names = []
     for i, img in enumerate(images):
         name = f"image_{i:02d}.png"

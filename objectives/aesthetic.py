@@ -75,7 +75,7 @@ def _head_from_state_dict(state_dict: dict[str, torch.Tensor], kind: str, path: 
                 f"aesthetic: {path} is not a linear head (keys {sorted(state_dict)[:3]}); for the MLP head use "
                 "head='mlp'"
             )
-        head = nn.Linear(state_dict["weight"].shape[1], 1)
+        head: nn.Module = nn.Linear(state_dict["weight"].shape[1], 1)
     else:
         keys = [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]
         if not all(k in state_dict for k in keys):
@@ -123,7 +123,7 @@ def _build_head(resolved: ResolvedWeights, head: str, dim: int, device: torch.de
     if resolved.kind in SPECIAL:
         with seeded(TINY_SEED):
             widths = _TINY_MLP_WIDTHS if resolved.kind == "tiny" else _MLP_WIDTHS
-            module = nn.Linear(dim, 1) if head == "linear" else MLPHead(dim, widths)
+            module: nn.Module = nn.Linear(dim, 1) if head == "linear" else MLPHead(dim, widths)
     else:
         state_dict = load_state_dict(resolved.location, objective="aesthetic")
         module = _head_from_state_dict(state_dict, head, resolved.location)

@@ -104,7 +104,7 @@ def output_tensor(output: Any) -> torch.Tensor:
 
 
 def load_hf_model(
-    model_class: type,
+    model_class: Any,
     config_factory: Callable[[], Any],
     resolved: ResolvedWeights,
     *,
@@ -112,8 +112,8 @@ def load_hf_model(
     dtype: torch.dtype,
     convert: Callable[[dict], dict] | None = None,
     checkpoint_key: str | None = None,
-) -> torch.nn.Module:
-    """Builds a transformers model from any kind of resolved weights.
+) -> Any:
+    """Builds a transformers model from any kind of resolved weights (a ``PreTrainedModel``).
 
     Args:
         model_class: e.g. ``transformers.CLIPModel``.

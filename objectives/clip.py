@@ -105,8 +105,10 @@ class ClipBackbone(ImageEncoder):
         logit_scale: the learned temperature, ``exp(logit_scale)`` (100 for trained CLIPs).
     """
 
-    def __init__(self, model: torch.nn.Module, preprocess: ImagePreprocess, device: torch.device, dtype: torch.dtype):
-        self.model, self.preprocess, self.device, self.dtype = model, preprocess, device, dtype
+    def __init__(self, model: Any, preprocess: ImagePreprocess, device: torch.device, dtype: torch.dtype):
+        # Any: a transformers CLIPModel or an open_clip CLIP, whose attributes torch's typing cannot see
+        self.model: Any = model
+        self.preprocess, self.device, self.dtype = preprocess, device, dtype
         self.logit_scale = float(model.logit_scale.detach().float().exp())
 
     def tokenize(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

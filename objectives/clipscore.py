@@ -42,7 +42,8 @@ class PromptSimilarity(RewardModel):
     def __init__(self, backbone: ClipBackbone, *, batch_size: int = 16):
         self.backbone = backbone
         self.batch_size = check_batch_size(batch_size)
-        self.preprocess = backbone.preprocess if self.recipe is None else self.recipe(backbone.preprocess.size)
+        recipe = type(self).recipe  # a plain function on the class (staticmethod): no self
+        self.preprocess = backbone.preprocess if recipe is None else recipe(backbone.preprocess.size)
 
     @classmethod
     def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, batch_size: int = 16):

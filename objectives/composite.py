@@ -64,9 +64,10 @@ def parse_spec(spec: str) -> list[list[tuple[float, str]]]:
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"empty objective spec; {_EXAMPLE}")
-    sums = []
+    sums: list[list[tuple[float, str]]] = []
     for part in spec.split(","):
-        terms, pos = [], 0
+        terms: list[tuple[float, str]] = []
+        pos = 0
         while pos < len(part):
             match = _TERM.match(part, pos)
             if match is None or match.end() == pos or (terms and not match["sign"]):
@@ -257,7 +258,9 @@ class CompositeObjective(RewardModel):
 
     def combine(self, raw: Sequence[torch.Tensor]) -> torch.Tensor:
         """The weighted sum of raw term scores ``[n]`` each -> ``[n]``."""
-        total = 0.0
+        import torch
+
+        total = torch.zeros_like(raw[0])
         for (weight, objective), scores in zip(self.terms, raw):
             if self.normalize:
                 location, scale = objective.typical
@@ -272,7 +275,7 @@ class CompositeObjective(RewardModel):
 
     def with_target(self, target: Any) -> CompositeObjective:
         if not self.takes_target:
-            return super().with_target(target)
+            raise InvalidParameterError(f"objective {self.name!r} does not take a target image")
         terms = [(w, o.with_target(target) if o.takes_target else o) for w, o in self.terms]
         return CompositeObjective(terms, normalize=self.normalize, name=self.name)
 

@@ -121,5 +121,6 @@ def make_reward_fn(
     if isinstance(objective, str):
         from objectives.composite import parse_objective
 
-        objective = parse_objective(objective, weights, device, dtype, **kwargs)
+        parsed: Any = parse_objective(objective, weights, device, dtype, **kwargs)
+        return RewardFunction(parsed)  # refuses a Pareto tuple with the fix
     return RewardFunction(objective)

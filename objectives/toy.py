@@ -97,8 +97,8 @@ class ToyClipScore(_ToyClipObjective):
 
     typical = (30.0, 15.0)
 
-    @classmethod
-    def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, batch_size: int = 64):
+    @classmethod  # narrower than the base on purpose: an unknown option is an error
+    def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, batch_size: int = 64):  # type: ignore[override]
         return super().load(weights, device, dtype, batch_size=batch_size)
 
     def _score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
@@ -124,8 +124,8 @@ class ToyTargetSimilarity(_ToyClipObjective):
 
             self.target_embeddings = self.embed_images(load_target_images(target))
 
-    @classmethod
-    def load(
+    @classmethod  # narrower than the base on purpose: an unknown option is an error
+    def load(  # type: ignore[override]
         cls,
         weights: str | None = None,
         device: Any = "cpu",
@@ -154,8 +154,8 @@ class ToyDiversity(_ToyClipObjective):
     uses_prompt = False
     typical = (60.0, 20.0)
 
-    @classmethod
-    def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, batch_size: int = 64):
+    @classmethod  # narrower than the base on purpose: an unknown option is an error
+    def load(cls, weights: str | None = None, device: Any = "cpu", dtype: Any = None, *, batch_size: int = 64):  # type: ignore[override]
         return super().load(weights, device, dtype, batch_size=batch_size)
 
     def _score(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:

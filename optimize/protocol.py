@@ -62,7 +62,7 @@ from optimize.space import SearchSpace
 if TYPE_CHECKING:
     import optuna
 
-    from objectives.base import Objective
+    from objectives.base import Direction, Objective
 
 __all__ = [
     "DEFAULT_NEGATIVE_PROMPT",
@@ -435,7 +435,7 @@ class TrialEvaluator:
         self.protocol = protocol
         self.space = space if space is not None else SearchSpace.default()
         self.objectives: tuple[Objective, ...] = tuple(objective.objectives)
-        self.directions: tuple[str, ...] = tuple(objective.directions)
+        self.directions: tuple[Direction, ...] = tuple(objective.directions)
         if len(self.directions) != len(self.objectives):
             raise ConfigError("a multi-objective needs one direction per objective")
         self.feedback_objective: Objective = (

@@ -1,11 +1,11 @@
 """Noise-aware recommendation of the best parameters of a study.
 
 Trial values are noisy (a few prompts, a few seeds), so the trial with the best *observed*
-value is usually a lucky draw. :func:`recommend` instead fits a GP to every complete trial and
-recommends the evaluated point with the best *posterior mean*, reporting the noisy best beside
-it. Optionally it re-evaluates the top-k on fresh seeds first, and compares the recommendation
-with the paper's and the A1111 defaults on held-out prompts as paired per-prompt differences
-with a seeded bootstrap confidence interval.
+value is usually a lucky draw. :func:`recommend` instead fits a GP (the sampler's, categorical
+parameters included) to every complete trial and recommends the evaluated point with the best
+*posterior mean*, reporting the noisy best beside it. Optionally it re-evaluates the top-k on
+fresh seeds first, and compares the recommendation with the paper's and the A1111 defaults on
+held-out prompts as paired per-prompt differences with a seeded bootstrap confidence interval.
 """
 
 from __future__ import annotations
@@ -25,9 +25,17 @@ from optimize.space import SearchSpace
 if TYPE_CHECKING:
     import optuna
 
-    from optimize.protocol import TrialEvaluator
+    from optimize.protocol import Split, TrialEvaluator
 
-__all__ = ["Candidate", "Comparison", "Recommendation", "recommend", "compare", "posterior_means"]
+__all__ = [
+    "Candidate",
+    "Comparison",
+    "Recommendation",
+    "recommend",
+    "compare",
+    "posterior_at_points",
+    "posterior_means",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -124,27 +132,19 @@ def posterior_means(
         One :class:`Candidate` per complete trial inside ``space``; their posterior fields are
         ``None`` when the GP could not be fitted (a warning says why).
     """
-    import torch
-
-    from optimize.samplers.botorch import fit_gp, is_model_failure
+    from optimize.samplers.botorch import is_model_failure
 
     candidates = _complete(study, space, objective)
     if len(candidates) < 2:
         return candidates
-    encoding = space.encoding
-    X = encoding.encode([c.values for c in candidates], dtype=torch.float64, device=torch.device(device))
-    Y = torch.tensor([[c.observed] for c in candidates], dtype=torch.float64, device=X.device)
-    if float(Y.std()) == 0.0:
-        return candidates
     try:
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            torch.manual_seed(seed)
-            warnings.simplefilter("ignore")
-            model = fit_gp(X, Y, encoding.bounds(dtype=X.dtype, device=X.device))
-            with torch.no_grad():
-                posterior = model.posterior(X)
-                mean = posterior.mean.squeeze(-1).cpu().tolist()
-                std = posterior.variance.clamp_min(0).sqrt().squeeze(-1).cpu().tolist()
+        fitted = posterior_at_points(
+            space.distributions(),
+            [c.values for c in candidates],
+            [c.observed for c in candidates],
+            seed=seed,
+            device=device,
+        )
     except Exception as exc:  # noqa: BLE001 - model failures only, re-raised otherwise
         if not is_model_failure(exc):
             raise
@@ -155,7 +155,59 @@ def posterior_means(
             stacklevel=2,
         )
         return candidates
+    if fitted is None:
+        return candidates
+    mean, std = fitted
     return [_replace(c, posterior_mean=m, posterior_std=s) for c, m, s in zip(candidates, mean, std)]
+
+
+def posterior_at_points(
+    distributions: Mapping[str, Any],
+    points: Sequence[Mapping[str, Any]],
+    values: Sequence[float],
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+) -> tuple[list[float], list[float]] | None:
+    """GP posterior mean and standard deviation (of the latent function) at evaluated points.
+
+    The GP is the sampler's (:func:`~optimize.samplers.botorch.fit_gp`), categorical
+    parameters included, fitted to ``values`` at ``points``.
+
+    Args:
+        distributions: ``name -> optuna distribution`` of the searched parameters (single-valued
+            ones are left out).
+        points: the evaluated points (``name -> value``), ``n`` of them.
+        values: their observed values.
+        seed: seeds the fit.
+        device: where the GP is fitted.
+
+    Returns:
+        ``(mean, std)``, two lists of ``n`` floats in the units of ``values``, or ``None`` when
+        the values are all equal (nothing to fit).
+
+    Raises:
+        Exception: a model failure (see :func:`~optimize.samplers.botorch.is_model_failure`).
+    """
+    import torch
+
+    from optimize.samplers.botorch import fit_gp
+    from optimize.space import CubeEncoding
+
+    encoding = CubeEncoding({name: d for name, d in distributions.items() if not d.single()})
+    X = encoding.encode(points, dtype=torch.float64, device=torch.device(device))  # (n, d)
+    Y = torch.tensor([[float(v)] for v in values], dtype=torch.float64, device=X.device)  # (n, 1)
+    if len(Y) < 2 or float(Y.std()) == 0.0:
+        return None
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        torch.manual_seed(seed)
+        warnings.simplefilter("ignore")
+        model = fit_gp(X, Y, encoding.bounds(dtype=X.dtype, device=X.device), cat_dims=list(encoding.cat_dims))
+        with torch.no_grad():
+            posterior = model.posterior(X)
+            mean = posterior.mean.squeeze(-1).cpu().tolist()
+            std = posterior.variance.clamp_min(0).sqrt().squeeze(-1).cpu().tolist()
+    return mean, std
 
 
 def recommend(
@@ -167,7 +219,7 @@ def recommend(
     top_k: int = 3,
     extra_seeds: int = 0,
     references: Mapping[str, FabricParams] | Sequence[str] | None = ("paper", "a1111"),
-    split: str = "validation",
+    split: Split = "validation",
     n_bootstrap: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
@@ -259,7 +311,7 @@ def compare(
     reference: FabricParams,
     *,
     label: str = "reference",
-    split: str = "validation",
+    split: Split = "validation",
     objective: int = 0,
     n_bootstrap: int = 2000,
     confidence: float = 0.95,

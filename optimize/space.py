@@ -626,8 +626,8 @@ class CubeEncoding:
                 self.cat_dims[i] = [float(k) for k in range(len(dist.choices))]
             elif isinstance(dist, (FloatDistribution, IntDistribution)):
                 lo, hi = self._to_model(dist, dist.low), self._to_model(dist, dist.high)
-                step = getattr(dist, "step", None)
-                if isinstance(dist, IntDistribution) or step is not None:
+                step = dist.step  # int for IntDistribution, None for a continuous float
+                if step is not None:
                     n = int(round((dist.high - dist.low) / step))
                     self.discrete_dims[i] = [self._to_model(dist, dist.low + k * step) for k in range(n + 1)]
             else:
@@ -675,7 +675,7 @@ class CubeEncoding:
         value, so any real row decodes to a valid point; ints come back as ``int``.
         """
         import torch
-        from optuna.distributions import CategoricalDistribution, IntDistribution
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         rows = X.detach().to("cpu", torch.float64).reshape(-1, self.dim).tolist()
         out = []
@@ -689,10 +689,12 @@ class CubeEncoding:
                     if isinstance(dist, CategoricalDistribution):
                         values[name] = dist.choices[k]
                         continue
+                    assert isinstance(dist, (FloatDistribution, IntDistribution)) and dist.step is not None
                     step = dist.step
                     value = dist.low + k * step
                     values[name] = int(value) if isinstance(dist, IntDistribution) else min(float(value), dist.high)
                     continue
+                assert isinstance(dist, (FloatDistribution, IntDistribution))
                 value = math.exp(x) if dist.log else x
                 values[name] = min(max(value, dist.low), dist.high)
             out.append(values)
@@ -707,3 +709,44 @@ class CubeEncoding:
         """``[0, 1]^d`` -> model space (same shape)."""
         bounds = self.bounds(dtype=U.dtype, device=U.device)
         return bounds[0] + U * (bounds[1] - bounds[0])
+
+    def from_cells(self, U: torch.Tensor) -> torch.Tensor:
+        """``[0, 1]^d`` -> model space, giving every discrete value an equal share of ``[0, 1]``.
+
+        :meth:`from_unit` followed by snapping to the nearest allowed value gives the two end
+        values of an integer range half the share of the others (``1..8``: 1 and 8 drawn at
+        1/14 each, the rest at 1/7). Here a column's ``[0, 1]`` is cut into equal cells instead:
+        categoricals ``floor(u * k)``; integers and stepped floats by rounding
+        ``low - step/2 + u * (high - low + step)`` (on a log scale, the logarithms of those
+        bounds), as Optuna's random sampler draws them. A uniform design over ``[0, 1]^d`` (a
+        Sobol sequence) therefore stays uniform over the allowed values. Continuous columns are
+        mapped as by :meth:`from_unit`.
+
+        Args:
+            U: a ``n x d`` (or ``d``) Tensor in ``[0, 1]``.
+
+        Returns:
+            A Tensor of the same shape in model space; discrete columns hold allowed values.
+        """
+        import torch
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        X = self.from_unit(U).clone()
+        cols = X.reshape(-1, self.dim)
+        u = U.reshape(-1, self.dim).clamp(0.0, 1.0)
+        for i, dist in enumerate(self.distributions.values()):
+            if i in self.cat_dims:
+                k = len(self.cat_dims[i])
+                cols[:, i] = torch.clamp(torch.floor(u[:, i] * k), max=k - 1)
+            elif i in self.discrete_dims:
+                assert isinstance(dist, (FloatDistribution, IntDistribution)) and dist.step is not None
+                step = dist.step
+                lo, hi = dist.low - step / 2, dist.high + step / 2
+                if dist.log:
+                    value = torch.exp(math.log(lo) + u[:, i] * (math.log(hi) - math.log(lo)))
+                else:
+                    value = lo + u[:, i] * (hi - lo)
+                index = torch.clamp(torch.round((value - dist.low) / step), 0, len(self.discrete_dims[i]) - 1)
+                allowed = torch.tensor(self.discrete_dims[i], dtype=X.dtype, device=X.device)
+                cols[:, i] = allowed[index.long()]
+        return cols.reshape(X.shape)

@@ -108,16 +108,16 @@ class StorageSpec:
             ConfigError: a malformed URL, an unsupported scheme, or a missing database driver.
         """
         if storage is None or str(storage).strip() == "":
-            path = (Path(runs_dir) / JOURNAL_NAME).expanduser().resolve()
-            return cls(str(path), "journal", path)
+            journal = (Path(runs_dir) / JOURNAL_NAME).expanduser().resolve()
+            return cls(str(journal), "journal", journal)
         text = str(storage).strip()
         scheme = text.split(":", 1)[0].lower() if ":" in text else ""
         if scheme.split("+", 1)[0] == "sqlite" and not text.startswith(f"{scheme}:///"):
             # sqlite:/x.db, sqlite:x.db, sqlite://x.db: SQLAlchemy wants three slashes before a relative path
-            path = text.split(":", 1)[1].lstrip("/") or "study.db"
+            db = text.split(":", 1)[1].lstrip("/") or "study.db"
             raise ConfigError(
-                f"storage {text!r}: write SQLite as sqlite:///{path} (relative to the working directory) or "
-                f"sqlite:////absolute/{Path(path).name}",
+                f"storage {text!r}: write SQLite as sqlite:///{db} (relative to the working directory) or "
+                f"sqlite:////absolute/{Path(db).name}",
                 option="storage",
             )
         if scheme.split("+", 1)[0] == "postgres":
@@ -156,15 +156,15 @@ class StorageSpec:
         except ImportError as exc:
             hint = _DRIVER_HINTS.get(url.get_backend_name(), f"install the database driver ({exc.name})")
             raise ConfigError(f"storage URL {text!r} needs a database driver that is not installed: {hint}") from None
-        path = None
+        database: Path | None = None
         if url.get_backend_name() == "sqlite":
             if not url.database or url.database == ":memory:":
                 raise ConfigError(
                     f"storage {text!r}: an in-memory SQLite database cannot hold a study between runs; give a file"
                 )
-            path = Path(url.database).expanduser().resolve()
-            text = f"{scheme}:///{path}"
-        return cls(text, "rdb", path)
+            database = Path(url.database).expanduser().resolve()
+            text = f"{scheme}:///{database}"
+        return cls(text, "rdb", database)
 
     def exists(self) -> bool:
         """Whether the storage may hold studies already (files must exist; servers are assumed to)."""
@@ -367,7 +367,7 @@ def load_components(
 
         # one first round per prompt: trials whose dropout dropped nothing reuse the baseline's
         n_prompts = len(config.protocol.prompts) + len(config.protocol.validation_prompts)
-        kwargs = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+        kwargs: dict[str, Any] = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
         generator = FabricGenerator.from_pretrained(
             config.model,
             device=device,
@@ -398,7 +398,7 @@ def load_components(
             )
     metrics = {spec: get(spec) for spec in config.metrics}
     guard = get(config.guard.objective) if config.guard is not None else None
-    dtype_name = str(dtype or getattr(generator, "dtype", "")).removeprefix("torch.")
+    dtype_name = str(dtype or getattr(generator, "dtype", None) or "").removeprefix("torch.")
     cache_key = f"model={config.model}|scheduler={config.scheduler}|dtype={dtype_name}|weights={sorted(table.items())}"
     return Components(generator, objective, feedback, metrics, cache_key, guard)
 
@@ -557,6 +557,7 @@ def run_study(
     components: Components | None = None,
     progress: StudyProgress | None = None,
     export: bool = True,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> StudyOutcome:
     """Create or resume the study and run it up to its trial budget (see module docs).
 
@@ -577,6 +578,9 @@ def run_study(
         components: already loaded models (tests, notebooks); ``config.model`` is then not loaded.
         progress: receives progress events.
         export: write the recommendation's presets and the plots at the end.
+        sampler: a sampler object to use instead of the configured one (benchmarks that compare
+            samplers the registry cannot build); the stored configuration still names
+            ``config.sampler``.
 
     Raises:
         ConfigError: invalid or incompatible settings, missing weights (before anything is created).
@@ -597,7 +601,7 @@ def run_study(
     # 1. Check everything that can be wrong, before anything is created
     if components is None:
         check_objectives(config)
-    sampler = build_sampler(config)
+    sampler = sampler if sampler is not None else build_sampler(config)
     pruner = make_pruner(config)
     resumed = check_resumable(config, name, spec)
 

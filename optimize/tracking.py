@@ -314,6 +314,11 @@ class Tracker:
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str) -> None:
         """Files attached to the study run under ``artifact_path``."""
 
+    def attach(self, study: optuna.Study) -> bool | None:
+        """Reopen a study's study run for logging (``report``); falsy: it has none here (or
+        tracking failed)."""
+        return False
+
     def set_parent_tags(self, tags: Mapping[str, Any]) -> None:
         """Tags on the study run (e.g. the recommended trial)."""
 
@@ -383,7 +388,7 @@ class MlflowTracker(Tracker):
         )
 
     def _check_server(self) -> None:
-        if not self.uri.startswith(("http://", "https://")):
+        if self.uri is None or not self.uri.startswith(("http://", "https://")):
             return
         import urllib.request
 
@@ -588,7 +593,7 @@ class MlflowTracker(Tracker):
         step = trial.number
         metrics = []
         if len(study.directions) == 1:
-            metrics.append(Metric("trial_value", float(trial.value), now, step))
+            metrics.append(Metric("trial_value", float(trial.value or 0.0), now, step))
             metrics.append(Metric("best_value", float(study.best_value), now, step))
         else:
             for j, name in enumerate(self._objective_names):
@@ -797,7 +802,12 @@ class AppRun:
             if self.run_id is None:
                 experiment = self._client.get_experiment_by_name(self.experiment)
                 if experiment is None:
-                    experiment_id = self._client.create_experiment(self.experiment)
+                    # artifacts beside the database, like a study's, never ./mlruns in the cwd
+                    root = artifact_root(self.uri)
+                    experiment_id = self._client.create_experiment(
+                        self.experiment,
+                        artifact_location=str(root / self.experiment) if root is not None else None,
+                    )
                 else:
                     experiment_id = experiment.experiment_id
                     if experiment.lifecycle_stage == "deleted":

@@ -28,8 +28,7 @@ import torch
 from fabric.errors import ModelLoadError, WeightsNotFoundError
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import StableDiffusionPipeline
 
 __all__ = [
     "DEFAULT_WEIGHTS_DIR",
@@ -140,9 +139,7 @@ def toy_weights_available(weights_dir: str | Path | None = None) -> bool:
     return all((root / f"{c}.safetensors").is_file() and (root / f"{c}_config.json").is_file() for c in _COMPONENTS)
 
 
-def save_toy_weights(
-    components: dict[str, torch.nn.Module], weights_dir: str | Path, dtype: torch.dtype = torch.float16
-) -> None:
+def save_toy_weights(components: dict[str, Any], weights_dir: str | Path, dtype: torch.dtype = torch.float16) -> None:
     """Write ``<name>.safetensors`` (in ``dtype``, default half to keep the package small) and
     ``<name>_config.json`` for each of ``vae``, ``unet``, ``text_encoder``."""
     from safetensors.torch import save_file
@@ -182,7 +179,9 @@ def _load_components(root: Path) -> dict[str, torch.nn.Module]:
             missing, unexpected = module.load_state_dict(state, strict=False)
             missing = [k for k in missing if not k.endswith("position_ids")]
             if missing or unexpected:
-                raise ModelLoadError(f"toy {name} weights in {root} do not match its config: {(missing or unexpected)[:3]}")
+                raise ModelLoadError(
+                    f"toy {name} weights in {root} do not match its config: {(missing or unexpected)[:3]}"
+                )
     except (OSError, ValueError, RuntimeError) as exc:
         if isinstance(exc, ModelLoadError):
             raise
@@ -195,7 +194,7 @@ def build_toy_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     trained: bool = True,
-) -> "StableDiffusionPipeline":
+) -> StableDiffusionPipeline:
     """The toy model as a ``diffusers.StableDiffusionPipeline`` (64x64 images).
 
     Args:
@@ -219,7 +218,7 @@ def build_toy_pipeline(
 
     if trained:
         root = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
-        modules = _load_components(root)
+        modules: dict[str, Any] = _load_components(root)
     else:
         modules = build_toy_components(seed=0)
     for module in modules.values():

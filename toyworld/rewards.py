@@ -21,9 +21,10 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +36,7 @@ from toyworld.scenes import BACKGROUNDS, COLOURS, COOL_COLOURS, IMAGE_SIZE, SHAP
 if TYPE_CHECKING:
     from PIL import Image
 
-    from toyworld.train import TrainConfig
+    from toyworld.data import TrainConfig
 
 __all__ = [
     "HEADS",
@@ -70,7 +71,9 @@ HEADS: dict[str, tuple[tuple[str, ...], bool]] = {
 
 # Word-level vocabulary: toy captions use only these words; anything else maps to <unk>.
 VOCAB: tuple[str, ...] = tuple(
-    dict.fromkeys(["<pad>", "<unk>", "a", "an", "and", "on", "background", "with", *COLOURS, *BACKGROUNDS, *SHAPES, *SIZES])
+    dict.fromkeys(
+        ["<pad>", "<unk>", "a", "an", "and", "on", "background", "with", *COLOURS, *BACKGROUNDS, *SHAPES, *SIZES]
+    )
 )
 _MAX_WORDS = 16
 _WORD = re.compile(r"[a-z]+")
@@ -79,7 +82,7 @@ _WORD = re.compile(r"[a-z]+")
 # --- preprocessing -------------------------------------------------------------------------
 
 
-def images_to_tensor(images: Sequence["Image.Image"], size: int = IMAGE_SIZE) -> torch.Tensor:
+def images_to_tensor(images: Sequence[Image.Image], size: int = IMAGE_SIZE) -> torch.Tensor:
     """PIL images (any size/mode) -> ``n x 3 x size x size`` float32 in ``[-1, 1]``."""
     import numpy as np
     from PIL import Image
@@ -167,11 +170,11 @@ class AttributeClassifier(nn.Module):
         return {h: head(features) for h, head in self.heads.items()}
 
     @torch.no_grad()
-    def probabilities(self, images: Sequence["Image.Image"]) -> dict[str, torch.Tensor]:
+    def probabilities(self, images: Sequence[Image.Image]) -> dict[str, torch.Tensor]:
         """Per-head probabilities (presence for multi-label heads, a distribution otherwise)."""
         p = next(self.parameters())
         logits = self(images_to_tensor(images).to(p.device, p.dtype))
-        return {h: (l.float().sigmoid() if HEADS[h][1] else l.float().softmax(-1)).cpu() for h, l in logits.items()}
+        return {h: (z.float().sigmoid() if HEADS[h][1] else z.float().softmax(-1)).cpu() for h, z in logits.items()}
 
 
 class ToyClip(nn.Module):
@@ -206,7 +209,7 @@ class ToyClip(nn.Module):
         return F.normalize(self.text_proj((h * keep).sum(1) / keep.sum(1)), dim=-1)
 
     @torch.no_grad()
-    def embed_images(self, images: Sequence["Image.Image"]) -> torch.Tensor:
+    def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         p = next(self.parameters())
         return self.encode_image(images_to_tensor(images).to(p.device, p.dtype)).float().cpu()
 
@@ -286,7 +289,9 @@ def _load(cls: type[nn.Module], stem: str, weights_dir: str | Path | None, devic
     root = Path(weights_dir) if weights_dir is not None else _WEIGHTS_DIR
     path, config_path = root / f"{stem}.safetensors", root / f"{stem}_config.json"
     if not path.is_file() or not config_path.is_file():
-        raise WeightsNotFoundError(f"no {stem} weights in {root}; run `python -m toyworld.train --only rewards --out {root}`")
+        raise WeightsNotFoundError(
+            f"no {stem} weights in {root}; run `python -m toyworld.train --only rewards --out {root}`"
+        )
     try:
         config = json.loads(config_path.read_text())
         model = cls(**config)
@@ -302,14 +307,18 @@ def _cached(cls_name: str, weights_dir: str | None, device: str, dtype: torch.dt
     return _load(cls, cls_name, weights_dir, torch.device(device), dtype)
 
 
-def load_attribute_classifier(weights_dir: str | Path | None = None, device="cpu", dtype=torch.float32) -> AttributeClassifier:
+def load_attribute_classifier(
+    weights_dir: str | Path | None = None, device="cpu", dtype=torch.float32
+) -> AttributeClassifier:
     """The trained attribute classifier (cached per folder, device and dtype; do not train it)."""
-    return _cached("classifier", None if weights_dir is None else str(weights_dir), str(device), dtype)
+    model = _cached("classifier", None if weights_dir is None else str(weights_dir), str(device), dtype)
+    return cast(AttributeClassifier, model)
 
 
 def load_toy_clip(weights_dir: str | Path | None = None, device="cpu", dtype=torch.float32) -> ToyClip:
     """The trained toy-clip model (cached per folder, device and dtype; do not train it)."""
-    return _cached("toyclip", None if weights_dir is None else str(weights_dir), str(device), dtype)
+    model = _cached("toyclip", None if weights_dir is None else str(weights_dir), str(device), dtype)
+    return cast(ToyClip, model)
 
 
 # --- training ------------------------------------------------------------------------------
@@ -322,7 +331,9 @@ def _save(model: nn.Module, config: dict, stem: str, out: Path) -> None:
     (out / f"{stem}_config.json").write_text(json.dumps(config) + "\n")
 
 
-def classifier_accuracy(model: AttributeClassifier, x: torch.Tensor, targets: dict[str, torch.Tensor]) -> dict[str, float]:
+def classifier_accuracy(
+    model: AttributeClassifier, x: torch.Tensor, targets: dict[str, torch.Tensor]
+) -> dict[str, float]:
     """Per head: exact-match accuracy of the predicted set (multi-label) or class, on ``x``
     (``n x 3 x 64 x 64`` in ``[-1, 1]``) against :func:`scene_targets`."""
     with torch.no_grad():
@@ -336,13 +347,13 @@ def classifier_accuracy(model: AttributeClassifier, x: torch.Tensor, targets: di
     return out
 
 
-def train_rewards(cfg: "TrainConfig", out: Path, n_train: int = 8000, n_test: int = 1000) -> dict:
+def train_rewards(cfg: TrainConfig, out: Path, n_train: int = 8000, n_test: int = 1000) -> dict:
     """Train the attribute classifier and toy-clip on freshly rendered scenes; save both to ``out``.
 
     Returns:
         Timings and held-out accuracies (rendered test scenes from a different seed).
     """
-    from toyworld.train import render_dataset, to_model_range
+    from toyworld.data import render_dataset, to_model_range
 
     if cfg.reward_steps < 50:  # quick mode: keep rendering cheap too
         n_train, n_test = 128, 64
@@ -356,6 +367,7 @@ def train_rewards(cfg: "TrainConfig", out: Path, n_train: int = 8000, n_test: in
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         classifier, clip = AttributeClassifier(), ToyClip()
+    model: Any  # the classifier, then toy-clip
     for stem, model in (("classifier", classifier), ("toyclip", clip)):
         t0 = time.perf_counter()
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.reward_lr, weight_decay=1e-4)
@@ -366,10 +378,14 @@ def train_rewards(cfg: "TrainConfig", out: Path, n_train: int = 8000, n_test: in
             x = _augment(to_model_range(images[idx]), generator)
             if stem == "classifier":
                 logits = model(x)
-                loss = sum(
-                    F.binary_cross_entropy_with_logits(logits[h], targets[h][idx]) if HEADS[h][1]
-                    else F.cross_entropy(logits[h], targets[h][idx])
-                    for h in HEADS
+                loss = cast(
+                    torch.Tensor,
+                    sum(
+                        F.binary_cross_entropy_with_logits(logits[h], targets[h][idx])
+                        if HEADS[h][1]
+                        else F.cross_entropy(logits[h], targets[h][idx])
+                        for h in HEADS
+                    ),
                 )
             else:
                 img, txt = model.encode_image(x), model.encode_text(word_ids[idx])

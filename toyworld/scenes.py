@@ -16,10 +16,14 @@ from __future__ import annotations
 import math
 import random
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 from fabric.errors import InvalidParameterError
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 __all__ = [
     "COLOURS",
@@ -126,9 +130,7 @@ class Scene:
         if not 1 <= len(self.shapes) <= 2:
             raise InvalidParameterError(f"a scene holds 1 or 2 shapes, got {len(self.shapes)}")
         if self.background not in BACKGROUNDS:
-            raise InvalidParameterError(
-                f"unknown background {self.background!r}; choose from {', '.join(BACKGROUNDS)}"
-            )
+            raise InvalidParameterError(f"unknown background {self.background!r}; choose from {', '.join(BACKGROUNDS)}")
 
     @property
     def count(self) -> int:
@@ -191,13 +193,26 @@ def _polygon(shape: Shape, side: float) -> list[tuple[float, float]]:
         return ring(10, [1.1 * r, 0.45 * r], math.pi / 2)
     if shape.kind == "cross":
         w = 0.36 * r
-        pts = [(w, r), (w, w), (r, w), (r, -w), (w, -w), (w, -r), (-w, -r), (-w, -w), (-r, -w), (-r, w), (-w, w), (-w, r)]
+        pts = [
+            (w, r),
+            (w, w),
+            (r, w),
+            (r, -w),
+            (w, -w),
+            (w, -r),
+            (-w, -r),
+            (-w, -w),
+            (-r, -w),
+            (-r, w),
+            (-w, w),
+            (-w, r),
+        ]
         c, s = math.cos(theta0), math.sin(theta0)
         return [(cx + px * c - py * s, cy - (px * s + py * c)) for px, py in pts]
     raise AssertionError(shape.kind)
 
 
-def render(scene: Scene, size: int = IMAGE_SIZE) -> "PIL.Image.Image":  # noqa: F821
+def render(scene: Scene, size: int = IMAGE_SIZE) -> PIL.Image.Image:
     """Draw a scene as an RGB ``PIL.Image`` of ``size x size`` pixels (anti-aliased)."""
     from PIL import Image, ImageDraw
 

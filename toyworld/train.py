@@ -27,81 +27,18 @@ import math
 import platform
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from fabric.errors import InvalidParameterError
+from toyworld.data import TrainConfig, render_dataset, to_model_range
 
 __all__ = ["TrainConfig", "render_dataset", "caption_variants", "train_vae", "train_unet", "train_sd", "main"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Step counts and optimiser settings of one training run."""
-
-    seed: int = 0
-    n_images: int = 8000  # rendered once; training captions only (held-out ones excluded)
-    vae_steps: int = 2000
-    vae_batch: int = 16
-    vae_lr: float = 2e-3
-    kl_weight: float = 1e-6  # just enough to keep the latents bounded
-    unet_steps: int = 3500
-    unet_batch: int = 32
-    unet_lr: float = 6e-4
-    caption_dropout: float = 0.1  # fraction of empty captions, for classifier-free guidance
-    partial_captions: float = 0.5  # fraction of captions that leave attributes unsaid
-    min_snr_gamma: float = 5.0
-    ema_decay: float = 0.998
-    reward_steps: int = 600
-    reward_batch: int = 64
-    reward_lr: float = 2e-3
-    threads: int = 1  # one thread: on a shared 2-core box, two threads stall each other
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("caption_dropout", "kl_weight", "partial_captions"):
-                ok = 0.0 <= value < 1.0
-            elif f.name == "ema_decay":
-                ok = 0.0 <= value < 1.0
-            elif f.name == "seed":
-                ok = value >= 0
-            else:
-                ok = value > 0
-            if not ok:
-                raise InvalidParameterError(f"TrainConfig.{f.name} is out of range: {value!r}")
-
-    @classmethod
-    def quick(cls, **overrides) -> "TrainConfig":
-        """A smoke-test configuration: every phase runs, for a few steps."""
-        base = dict(n_images=96, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, reward_steps=6, reward_batch=16)
-        return cls(**{**base, **overrides})
-
-
-def render_dataset(n: int, seed: int, split: str = "train") -> tuple[torch.Tensor, list[str], list]:
-    """Render ``n`` scenes.
-
-    Returns:
-        ``(images, captions, scenes)``: ``images`` is an ``n x 3 x 64 x 64`` uint8 tensor.
-    """
-    import numpy as np
-
-    from toyworld.scenes import caption, render, sample_scenes
-
-    scenes = sample_scenes(n, seed=seed, split=split)
-    arrays = np.stack([np.asarray(render(s)) for s in scenes])  # (n, 64, 64, 3)
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous(), [caption(s) for s in scenes], scenes
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[0, 255]`` -> float ``[-1, 1]``, the range SD's VAE works in."""
-    return images.float().div(127.5).sub(1.0)
 
 
 def _lr_lambda(total: int, warmup: int):
@@ -151,15 +88,27 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, generator: torch.Gene
         sched.step()
         losses.append(loss.item())
         if (step + 1) % 50 == 0 or step + 1 == cfg.vae_steps:
-            logger.info("vae step %d/%d loss %.4f (%.2f s/step)", step + 1, cfg.vae_steps,
-                        sum(losses[-50:]) / len(losses[-50:]), (time.perf_counter() - t0) / (step + 1))
+            logger.info(
+                "vae step %d/%d loss %.4f (%.2f s/step)",
+                step + 1,
+                cfg.vae_steps,
+                sum(losses[-50:]) / len(losses[-50:]),
+                (time.perf_counter() - t0) / (step + 1),
+            )
     vae.eval()
     with torch.no_grad():
-        latents = torch.cat([vae.encode(to_model_range(images[i : i + 256])).latent_dist.mean for i in range(0, len(images), 256)])
+        latents = torch.cat(
+            [vae.encode(to_model_range(images[i : i + 256])).latent_dist.mean for i in range(0, len(images), 256)]
+        )
         recon_mse = F.mse_loss(vae.decode(latents[:256]).sample.clamp(-1, 1), to_model_range(images[:256])).item()
     scaling_factor = float(1.0 / latents.std())
     vae.register_to_config(scaling_factor=scaling_factor)
-    logger.info("vae done: recon mse %.4f, latent std %.3f -> scaling_factor %.4f", recon_mse, 1 / scaling_factor, scaling_factor)
+    logger.info(
+        "vae done: recon mse %.4f, latent std %.3f -> scaling_factor %.4f",
+        recon_mse,
+        1 / scaling_factor,
+        scaling_factor,
+    )
     return {
         "final_loss": sum(losses[-50:]) / len(losses[-50:]),
         "recon_mse": recon_mse,
@@ -179,8 +128,14 @@ def caption_variants(scenes: Sequence, seed: int, n_partial: int = 2) -> list[tu
     return [(caption(s), *(partial_caption(s, rng) for _ in range(n_partial))) for s in scenes]
 
 
-def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[Sequence[str]], cfg: TrainConfig,
-               generator: torch.Generator) -> dict:
+def train_unet(
+    unet,
+    text_encoder,
+    latents: torch.Tensor,
+    captions: Sequence[Sequence[str]],
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> dict:
     """Train ``unet`` and ``text_encoder`` on ``latents`` (already scaled, ``N x 4 x 16 x 16``).
 
     ``captions[i]`` holds image ``i``'s full caption first, then partial ones; a sample uses a
@@ -195,8 +150,13 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[Seq
     tokenizer = offline_clip_tokenizer(model_max_length=text_encoder.config.max_position_embeddings)
 
     def tokenize(texts: Sequence[str]) -> torch.Tensor:
-        return tokenizer(list(texts), padding="max_length", max_length=tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
+        return tokenizer(
+            list(texts),
+            padding="max_length",
+            max_length=tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
 
     n_variants = len(captions[0])
     if any(len(c) != n_variants for c in captions):
@@ -242,15 +202,23 @@ def train_unet(unet, text_encoder, latents: torch.Tensor, captions: Sequence[Seq
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         losses.append(per_sample.mean().item())
         if (step + 1) % 50 == 0 or step + 1 == cfg.unet_steps:
-            logger.info("unet step %d/%d mse %.4f (%.2f s/step)", step + 1, cfg.unet_steps,
-                        sum(losses[-50:]) / len(losses[-50:]), (time.perf_counter() - t0) / (step + 1))
+            logger.info(
+                "unet step %d/%d mse %.4f (%.2f s/step)",
+                step + 1,
+                cfg.unet_steps,
+                sum(losses[-50:]) / len(losses[-50:]),
+                (time.perf_counter() - t0) / (step + 1),
+            )
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
     unet.eval()
     text_encoder.eval()
-    return {"final_mse": sum(losses[-100:]) / len(losses[-100:]), "seconds": time.perf_counter() - t0,
-            "mse_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)]}
+    return {
+        "final_mse": sum(losses[-100:]) / len(losses[-100:]),
+        "seconds": time.perf_counter() - t0,
+        "mse_curve": [round(sum(losses[i : i + 50]) / len(losses[i : i + 50]), 4) for i in range(0, len(losses), 50)],
+    }
 
 
 def reconstruction_accuracy(vae, seed: int, n: int = 500) -> dict[str, float] | None:
@@ -265,7 +233,10 @@ def reconstruction_accuracy(vae, seed: int, n: int = 500) -> dict[str, float] | 
     with torch.no_grad():
         x = to_model_range(images)
         recon = torch.cat([vae.decode(vae.encode(x[i : i + 100]).latent_dist.mean).sample for i in range(0, n, 100)])
-    return {k: round(v, 3) for k, v in classifier_accuracy(load_attribute_classifier(), recon.clamp(-1, 1), scene_targets(scenes)).items()}
+    return {
+        k: round(v, 3)
+        for k, v in classifier_accuracy(load_attribute_classifier(), recon.clamp(-1, 1), scene_targets(scenes)).items()
+    }
 
 
 def train_sd(cfg: TrainConfig, out: Path) -> dict:
@@ -296,14 +267,23 @@ def _hardware() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": model, "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpu": model,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Command-line entry point; returns the output folder."""
     parser = argparse.ArgumentParser(prog="python -m toyworld.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default: toyworld/weights, or a temp folder with --quick)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: toyworld/weights, or a temp folder with --quick)",
+    )
     parser.add_argument("--only", choices=("sd", "rewards", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="a few steps of every phase, into a temp folder")
     parser.add_argument("--seed", type=int, default=0)

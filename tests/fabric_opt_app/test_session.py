@@ -132,6 +132,8 @@ def test_the_session_is_one_mlflow_run_with_every_round_and_mark(tiny_generator,
     assert info.info.status == "FINISHED" and info.data.tags["model"] == "tiny"
     files = {f.path for f in client.list_artifacts(run.run_id)}
     assert {"round-1", "round-2", "session.json"} <= files
+    # artifacts lie beside the database, as a study's do, not in ./mlruns
+    assert (tmp_path / "mlflow-artifacts" / "fabric-opt-app" / run.run_id / "artifacts" / "session.json").is_file()
     assert {f.path for f in client.list_artifacts(run.run_id, "round-2")} == {
         "round-2/image-0.png", "round-2/image-1.png", "round-2/image-2.png", "round-2/marked.png",
     }  # fmt: skip

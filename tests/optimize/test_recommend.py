@@ -99,3 +99,46 @@ def test_options_that_need_an_evaluator():
         recommend(study, SPACE, extra_seeds=1, references=None)
     with pytest.raises(ConfigError, match="needs an evaluator"):
         recommend(study, SPACE)
+
+
+def test_the_recommendation_models_categorical_parameters_as_categories():
+    """The GP of the recommendation treats a categorical as unordered: listing its choices in
+    another order gives the same posterior (an ordinal encoding would not)."""
+    from optuna.distributions import CategoricalDistribution
+
+    from optimize.recommend import posterior_at_points
+
+    rng = __import__("numpy").random.default_rng(0)
+    effect = {0.25: 0.0, 0.5: -1.0, 1.0: 0.2}  # the middle choice is the bad one
+    points = [{"max_weight": float(x), "neg_scale": c} for x in rng.uniform(size=6) for c in effect]
+    values = [effect[p["neg_scale"]] - (p["max_weight"] - 0.5) ** 2 + float(rng.normal(0, 0.05)) for p in points]
+    means = []
+    for order in ((0.25, 0.5, 1.0), (0.5, 1.0, 0.25)):
+        dists = {"max_weight": FloatDistribution(0.0, 1.0), "neg_scale": CategoricalDistribution(order)}
+        mean, std = posterior_at_points(dists, points, values, seed=0)
+        means.append(mean)
+        assert all(s > 0 for s in std)
+    assert max(abs(a - b) for a, b in zip(*means)) < 1e-3
+    best = max(range(len(points)), key=lambda i: means[0][i])
+    assert points[best]["neg_scale"] == 1.0
+
+
+def test_recommend_searches_a_space_with_a_categorical_parameter():
+    from optuna.distributions import CategoricalDistribution
+
+    from optimize.space import CategoricalParam
+
+    space = SearchSpace(
+        (FloatParam("max_weight", 0.0, 1.0), CategoricalParam("neg_scale", (0.25, 0.5, 1.0))),
+        base=FabricParams(steps=2),
+    )
+    dists = {"max_weight": FloatDistribution(0.0, 1.0), "neg_scale": CategoricalDistribution((0.25, 0.5, 1.0))}
+    study = optuna.create_study(direction="maximize")
+    rng = __import__("numpy").random.default_rng(1)
+    for x in rng.uniform(size=5):
+        for c, v in ((0.25, 0.0), (0.5, -1.0), (1.0, 0.2)):
+            value = v - (x - 0.5) ** 2 + float(rng.normal(0, 0.05))
+            params = {"max_weight": float(x), "neg_scale": c}
+            study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    rec = recommend(study, space, references=None)
+    assert rec.method == "posterior_mean" and rec.best.values["neg_scale"] == 1.0

@@ -141,11 +141,10 @@ def test_non_finite_rewards_fail_the_trial_and_never_reach_the_gp(standins, valu
     config = out.config
     sampler = BoTorchSampler(search_space=config.space.distributions(), seed=0)
     nxt = out.study.ask()
-    observed, values, pending = sampler._collect(
-        out.study, out.study._storage.get_trial(nxt._trial_id), config.space.distributions()
-    )
-    assert len(observed) == 2 and all(math.isfinite(v) for row in values for v in row) and pending == []
-    assert observed[0] == {k: out.study.trials[0].params[k] for k in config.space.distributions()}
+    history = sampler._collect(out.study, out.study._storage.get_trial(nxt._trial_id), config.space.distributions())
+    assert len(history.observed) == 2 and all(math.isfinite(v) for row in history.values for v in row)
+    assert history.pending == [] and len(history.failed) == 1  # the failed trial: avoided, never observed
+    assert history.observed[0] == {k: out.study.trials[0].params[k] for k in config.space.distributions()}
 
 
 def test_a_full_disk_while_writing_images_fails_the_trial_not_the_study(standins, red, tmp_path):

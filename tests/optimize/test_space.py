@@ -233,3 +233,20 @@ def test_a_frontend_space_refuses_what_the_frontend_cannot_carry():
     # for_frontend drops them instead
     space = SearchSpace.default().for_frontend("comfyui")
     assert "min_weight_ratio" not in space.names and space.fixed["min_weight"] == 0.0
+
+
+def test_from_cells_gives_every_discrete_value_an_equal_share():
+    encoding = CubeEncoding(
+        {
+            "k": IntDistribution(1, 8),
+            "s": FloatDistribution(0.0, 1.0, step=0.25),
+            "c": CategoricalDistribution(("a", "b")),
+        }
+    )
+    u = (torch.arange(800, dtype=torch.float64) + 0.5) / 800  # evenly spread in [0, 1]
+    rows = encoding.decode(encoding.from_cells(u[:, None].repeat(1, 3)))
+    assert [sum(r["k"] == k for r in rows) for k in range(1, 9)] == [100] * 8
+    assert [sum(r["s"] == s for r in rows) for s in (0.0, 0.25, 0.5, 0.75, 1.0)] == [160] * 5
+    assert [sum(r["c"] == c for r in rows) for c in "ab"] == [400, 400]
+    snapped = encoding.decode(encoding.from_unit(u[:, None].repeat(1, 3)))
+    assert sum(r["k"] == 1 for r in snapped) < 60  # from_unit + snapping: half a share at the ends
