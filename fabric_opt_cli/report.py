@@ -147,6 +147,20 @@ def print_report(result: Any, files: list[Path]) -> None:
             caution = small_sample_caution(rec.comparisons)
             if caution:
                 console.print(f"caution: {caution}")
+        if rec.guard_comparisons:
+            table = Table(
+                title="Held-out guard (recommended - reference, final round, paired per prompt)", title_justify="left"
+            )
+            for col in ("reference", "mean difference", "CI", "verdict"):
+                table.add_column(col, justify="right" if col != "reference" else "left")
+            for c in rec.guard_comparisons:
+                table.add_row(
+                    c.reference,
+                    f"{c.mean_difference:+.4g}",
+                    f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%})",
+                    c.verdict,
+                )
+            console.print(table)
     if len(result.best) > 1:
         console.print(f"Pareto front: trials {', '.join(str(b['number']) for b in result.best)}")
     if result.importances:

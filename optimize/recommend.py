@@ -83,6 +83,8 @@ class Comparison:
         confidence: the interval's level.
         direction: the objective's direction; a positive difference is better for
             ``"maximize"``.
+        quantity: what is compared: ``"value"`` (the trial value, after a guard's penalty) or
+            ``"guard"`` (the final round's guard score, e.g. prompt adherence; higher is better).
     """
 
     reference: str
@@ -93,11 +95,22 @@ class Comparison:
     ci_high: float
     confidence: float
     direction: str = "maximize"
+    quantity: str = "value"
 
     @property
     def better(self) -> bool:
         """The whole interval lies on the better side of zero."""
         return self.ci_low > 0 if self.direction == "maximize" else self.ci_high < 0
+
+    @property
+    def worse(self) -> bool:
+        """The whole interval lies on the worse side of zero."""
+        return self.ci_high < 0 if self.direction == "maximize" else self.ci_low > 0
+
+    @property
+    def verdict(self) -> str:
+        """``"better"``, ``"worse"`` or ``"no difference shown"`` (the interval holds 0)."""
+        return "better" if self.better else "worse" if self.worse else "no difference shown"
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,8 @@ class Recommendation:
         candidates: the points ranked (best first) by the recommendation's criterion.
         method: ``"posterior_mean"``, ``"reevaluated"`` or ``"observed"`` (no GP could be fitted).
         comparisons: against the reference parameters on held-out prompts.
+        guard_comparisons: with a guarded study, the same pairs compared on the guard's final
+            round score (``quantity="guard"``): is the recommendation's adherence worse?
     """
 
     best: Candidate
@@ -117,6 +132,7 @@ class Recommendation:
     candidates: tuple[Candidate, ...]
     method: str
     comparisons: tuple[Comparison, ...] = ()
+    guard_comparisons: tuple[Comparison, ...] = ()
 
     @property
     def params(self) -> FabricParams:
@@ -272,6 +288,7 @@ def recommend(
         method = "reevaluated"
     best = ranked[0]
     comparisons: list[Comparison] = []
+    guard_comparisons: list[Comparison] = []
     if references:
         assert evaluator is not None
         refs = (
@@ -294,6 +311,20 @@ def recommend(
                     seed=seed,
                 )
             )
+            if evaluator.guard is not None:
+                guard_comparisons.append(
+                    compare(
+                        evaluator,
+                        best.params,
+                        ref_params,
+                        label=label,
+                        split=split,
+                        n_bootstrap=n_bootstrap,
+                        confidence=confidence,
+                        seed=seed,
+                        quantity="guard",
+                    )
+                )
     logger.info(
         "recommended trial %d (%s, estimate %.4g); noisy best trial %d (observed %.4g)",
         best.trial_number,
@@ -302,7 +333,7 @@ def recommend(
         noisy_best.trial_number,
         noisy_best.observed,
     )
-    return Recommendation(best, noisy_best, tuple(ranked), method, tuple(comparisons))
+    return Recommendation(best, noisy_best, tuple(ranked), method, tuple(comparisons), tuple(guard_comparisons))
 
 
 def compare(
@@ -316,16 +347,31 @@ def compare(
     n_bootstrap: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,
+    quantity: str = "value",
 ) -> Comparison:
-    """Paired comparison of ``params`` against ``reference`` on one split (same seeds)."""
+    """Paired comparison of ``params`` against ``reference`` on one split (same seeds).
+
+    ``quantity="guard"`` compares the guard's final-round score per prompt instead of the value
+    (the evaluator needs a guard; evaluations are shared, see ``TrialEvaluator``).
+    """
     import numpy as np
 
     if not 0 < confidence < 1:
         raise ConfigError(f"confidence must be in (0, 1), got {confidence}")
     if n_bootstrap < 1:
         raise ConfigError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
-    ours = evaluator.evaluate(params, split=split).per_prompt(objective)
-    theirs = evaluator.evaluate(reference, split=split).per_prompt(objective)
+    if quantity not in ("value", "guard"):
+        raise ConfigError(f"quantity must be 'value' or 'guard', got {quantity!r}")
+    if quantity == "guard" and evaluator.guard is None:
+        raise ConfigError("a guard comparison needs an evaluator with a guard")
+
+    def per_prompt(p: FabricParams) -> list[float]:
+        result = evaluator.evaluate(p, split=split)
+        if quantity == "guard":
+            return [prompt.guard[-1] for prompt in result.prompts]
+        return result.per_prompt(objective)
+
+    ours, theirs = per_prompt(params), per_prompt(reference)
     diffs = np.asarray(ours) - np.asarray(theirs)
     rng = np.random.default_rng(seed)
     means = diffs[rng.integers(0, len(diffs), size=(n_bootstrap, len(diffs)))].mean(axis=1)
@@ -339,7 +385,8 @@ def compare(
         ci_low=float(low),
         ci_high=float(high),
         confidence=confidence,
-        direction=evaluator.directions[objective],
+        direction=evaluator.directions[objective] if quantity == "value" else "maximize",
+        quantity=quantity,
     )
 
 

@@ -108,19 +108,8 @@ class StudyReport:
                     "observed": _num(rec.noisy_best.observed),
                     "params": rec.noisy_best.params.to_dict(),
                 },
-                "comparisons": [
-                    {
-                        "reference": c.reference,
-                        "split": c.split,
-                        "mean_difference": c.mean_difference,
-                        "ci_low": c.ci_low,
-                        "ci_high": c.ci_high,
-                        "confidence": c.confidence,
-                        "better": c.better,
-                        "per_prompt": list(c.per_prompt),
-                    }
-                    for c in rec.comparisons
-                ],
+                "comparisons": [_comparison_record(c) for c in rec.comparisons],
+                "guard_comparisons": [_comparison_record(c) for c in rec.guard_comparisons],
             }
         return out
 
@@ -170,6 +159,24 @@ class StudyReport:
                 caution = small_sample_caution(rec.comparisons)
                 if caution:
                     lines += [f"Caution: {caution}", ""]
+            if rec.guard_comparisons:
+                name = (self.config.get("guard") or {}).get("objective", "guard")
+                lines += [
+                    f"## Held-out guard: {name}",
+                    "",
+                    f"The final round's {name} of the recommendation minus the reference's, paired per prompt on "
+                    "the same seeds and user: a tuned preset that bought its value by losing the guard shows here "
+                    "as worse.",
+                    "",
+                    "| reference | mean difference | CI | verdict |",
+                    "|---|---|---|---|",
+                ]
+                for c in rec.guard_comparisons:
+                    lines.append(
+                        f"| {c.reference} | {c.mean_difference:+.4g} | [{c.ci_low:+.4g}, {c.ci_high:+.4g}] "
+                        f"({c.confidence:.0%}) | {c.verdict} |"
+                    )
+                lines.append("")
         if len(self.best) > 1:
             lines += [
                 "## Pareto front",
@@ -193,6 +200,21 @@ class StudyReport:
 
 # Below this many held-out prompts a bootstrap interval says little about new prompts.
 MIN_PROMPTS_FOR_CI = 5
+
+
+def _comparison_record(c: Comparison) -> dict[str, Any]:
+    return {
+        "reference": c.reference,
+        "split": c.split,
+        "quantity": c.quantity,
+        "mean_difference": c.mean_difference,
+        "ci_low": c.ci_low,
+        "ci_high": c.ci_high,
+        "confidence": c.confidence,
+        "better": c.better,
+        "verdict": c.verdict,
+        "per_prompt": list(c.per_prompt),
+    }
 
 
 def small_sample_caution(comparisons: Sequence[Comparison]) -> str | None:

@@ -78,7 +78,8 @@ def feedback_showcase(
     guard = evaluator.guard.name if evaluator.guard is not None else None
     last = evaluator.protocol.rounds - 1
     all_prompts, _ = evaluator.protocol.split(split)
-    if reference in candidates:
+    ref_label: str
+    if reference is not None and reference in candidates:
         ref_label, ref_params = reference, candidates[reference]
     else:
         ref_label, ref_params = (

@@ -366,6 +366,23 @@ def test_the_guard_floor_is_cached_and_scores_reach_on_round(standins, generator
     assert first.guard_fingerprint() != _guarded(fresh, red, blue, reference=FabricParams(steps=2)).guard_fingerprint()
 
 
+def test_a_guard_comparison_pairs_the_final_round_guard_scores(standins, generator, red, blue):
+    from optimize.recommend import compare
+
+    evaluator = _guarded(generator, red, blue)
+    ours, theirs = FabricParams(max_weight=0.9, steps=2), FabricParams(max_weight=0.2, steps=2)
+    c = compare(evaluator, ours, theirs, label="weak", split="train", quantity="guard")
+    expected = [
+        a.guard[-1] - b.guard[-1] for a, b in zip(evaluator.evaluate(ours).prompts, evaluator.evaluate(theirs).prompts)
+    ]
+    assert any(d != 0 for d in expected)
+    assert c.quantity == "guard" and c.reference == "weak" and list(c.per_prompt) == pytest.approx(expected)
+    assert c.ci_low <= c.mean_difference <= c.ci_high
+    assert c.verdict == ("better" if c.ci_low > 0 else "worse" if c.ci_high < 0 else "no difference shown")
+    with pytest.raises(ConfigError, match="needs an evaluator with a guard"):
+        compare(make(standins.ColourGenerator(), red), ours, theirs, split="train", quantity="guard")
+
+
 def test_guard_settings_are_checked(standins, generator, red, blue):
     from optimize.protocol import Guard
 
