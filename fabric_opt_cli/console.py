@@ -162,6 +162,18 @@ def fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def run_with_progress(config: Any, **kwargs: Any) -> StudyOutcome:
+    """``optimize.run_study(config, **kwargs)`` with progress bars on stderr, then its summary on
+    stdout: what ``fabric-opt study`` and ``fabric-opt worker`` print."""
+    from optimize.study import run_study
+
+    quiet_libraries()
+    with RichProgress(get_console(stderr=True)) as progress:
+        outcome = run_study(config, progress=progress, **kwargs)
+    print_summary(outcome)
+    return outcome
+
+
 def print_summary(outcome: StudyOutcome) -> None:
     from optuna.trial import TrialState
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
 from fabric.errors import ConfigError
 from fabric_opt_cli import options
 from fabric_opt_cli.console import RichProgress, get_console, print_recommendation, quiet_libraries
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from optimize.recommend import Comparison
 
 __all__ = ["report"]
 
@@ -131,36 +137,14 @@ def print_report(result: Any, files: list[Path]) -> None:
     else:
         print_recommendation(console, rec, len(result.directions))
         if rec.comparisons:
-            table = Table(
-                title="Held-out comparison (recommended - reference, paired per prompt)", title_justify="left"
-            )
-            for col in ("reference", "mean difference", "CI", "better"):
-                table.add_column(col, justify="right" if col != "reference" else "left")
-            for c in rec.comparisons:
-                table.add_row(
-                    c.reference,
-                    f"{c.mean_difference:+.4g}",
-                    f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%})",
-                    "yes" if c.better else "not shown",
-                )
-            console.print(table)
+            title = "Held-out comparison (recommended - reference, paired per prompt)"
+            console.print(_comparison_table(title, rec.comparisons, "better"))
             caution = small_sample_caution(rec.comparisons)
             if caution:
                 console.print(f"caution: {caution}")
         if rec.guard_comparisons:
-            table = Table(
-                title="Held-out guard (recommended - reference, final round, paired per prompt)", title_justify="left"
-            )
-            for col in ("reference", "mean difference", "CI", "verdict"):
-                table.add_column(col, justify="right" if col != "reference" else "left")
-            for c in rec.guard_comparisons:
-                table.add_row(
-                    c.reference,
-                    f"{c.mean_difference:+.4g}",
-                    f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%})",
-                    c.verdict,
-                )
-            console.print(table)
+            title = "Held-out guard (recommended - reference, final round, paired per prompt)"
+            console.print(_comparison_table(title, rec.guard_comparisons, "verdict"))
     if len(result.best) > 1:
         console.print(f"Pareto front: trials {', '.join(str(b['number']) for b in result.best)}")
     if result.importances:
@@ -171,3 +155,20 @@ def print_report(result: Any, files: list[Path]) -> None:
             table.add_row(key, f"{value:.3f}")
         console.print(table)
     console.print(f"report: {', '.join(str(p) for p in files)}")
+
+
+def _comparison_table(title: str, comparisons: Sequence[Comparison], last: str) -> Table:
+    """One row per reference: mean difference, CI and ``better`` (yes / not shown) or ``verdict``."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in ("reference", "mean difference", "CI", last):
+        table.add_column(col, justify="right" if col != "reference" else "left")
+    for c in comparisons:
+        table.add_row(
+            c.reference,
+            f"{c.mean_difference:+.4g}",
+            f"[{c.ci_low:+.4g}, {c.ci_high:+.4g}] ({c.confidence:.0%})",
+            ("yes" if c.better else "not shown") if last == "better" else c.verdict,
+        )
+    return table

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import typer
 
 from fabric_opt_cli import options
-from fabric_opt_cli.console import RichProgress, get_console, print_summary, quiet_libraries
+from fabric_opt_cli.console import run_with_progress
 
 __all__ = ["study"]
 
@@ -94,7 +94,7 @@ def study(
     """Run (or resume) a study: tune FABRIC's parameters against an objective, track every trial in
     MLflow, and write the recommended preset."""
     from optimize.config import resolve_study
-    from optimize.study import StorageSpec, run_study
+    from optimize.study import StorageSpec
     from optimize.tracking import make_tracker
 
     # 1. Everything the user typed, validated before anything is loaded or written
@@ -122,16 +122,6 @@ def study(
     cache_bytes = options.token_cache_bytes(token_cache_gb)
 
     # 2. Run, with progress bars on stderr and the summary on stdout
-    quiet_libraries()
-    with RichProgress(get_console(stderr=True)) as progress:
-        outcome = run_study(
-            config,
-            storage=spec,
-            tracker=tracker,
-            runs_dir=runs_dir,
-            device=dev,
-            dtype=dt,
-            cache_bytes=cache_bytes,
-            progress=progress,
-        )
-    print_summary(outcome)
+    run_with_progress(
+        config, storage=spec, tracker=tracker, runs_dir=runs_dir, device=dev, dtype=dt, cache_bytes=cache_bytes
+    )

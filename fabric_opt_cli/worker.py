@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from fabric_opt_cli import options
-from fabric_opt_cli.console import RichProgress, get_console, print_summary, quiet_libraries
+from fabric_opt_cli.console import run_with_progress
 
 __all__ = ["worker"]
 
@@ -30,7 +30,7 @@ def worker(
 ) -> None:
     """Join a study as another worker: read its settings from the storage, load the models, and run
     trials until the study's budget is spent (trials of dead workers on this host are re-run)."""
-    from optimize.study import StorageSpec, check_objectives, open_study, run_study
+    from optimize.study import StorageSpec, check_objectives, open_study
     from optimize.tracking import make_tracker
 
     # everything checked before a model is loaded or a file written
@@ -40,17 +40,13 @@ def worker(
     cache_bytes = options.token_cache_bytes(token_cache_gb)
     _, config = open_study(name, spec)
     check_objectives(config)
-    quiet_libraries()
-    with RichProgress(get_console(stderr=True)) as progress:
-        outcome = run_study(
-            config,
-            name=name,
-            storage=spec,
-            tracker=tracker,
-            runs_dir=runs_dir,
-            device=dev,
-            dtype=dt,
-            cache_bytes=cache_bytes,
-            progress=progress,
-        )
-    print_summary(outcome)
+    run_with_progress(
+        config,
+        name=name,
+        storage=spec,
+        tracker=tracker,
+        runs_dir=runs_dir,
+        device=dev,
+        dtype=dt,
+        cache_bytes=cache_bytes,
+    )
