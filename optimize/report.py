@@ -160,7 +160,7 @@ class StudyReport:
                 if caution:
                     lines += [f"Caution: {caution}", ""]
             if rec.guard_comparisons:
-                name = (self.config.get("guard") or {}).get("objective", "guard")
+                name = self.config.get("guard_objective", "guard")
                 lines += [
                     f"## Held-out guard: {name}",
                     "",
@@ -335,6 +335,7 @@ def build_report(
     }
     if config.guard is not None:
         g = config.guard
+        summary["guard_objective"] = g.objective
         summary["guard"] = (
             f"mean final-round {g.objective} may fall at most {g.tolerance:g} below the {g.reference} run's; "
             f"each unit below costs {g.penalty:g}"
