@@ -701,24 +701,6 @@ def ask_cost_markdown(results: list[dict], n_startup: int) -> str:
 # ---- the real task: a study per sampler and seed ----------------------------------------------
 
 
-class _MemoEvaluator:
-    """A :class:`~optimize.protocol.TrialEvaluator` whose ``evaluate`` results are reused (the
-    references are replayed once per seed, not once per sampler and checkpoint)."""
-
-    def __init__(self, evaluator: Any) -> None:
-        self._evaluator = evaluator
-        self._memo: dict[tuple, Any] = {}
-
-    def evaluate(self, params: Any, split: str = "train", replicate: int = 0) -> Any:
-        key = (json.dumps(params.to_dict(), sort_keys=True), split, replicate)
-        if key not in self._memo:
-            self._memo[key] = self._evaluator.evaluate(params, split=split, replicate=replicate)
-        return self._memo[key]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._evaluator, name)
-
-
 def _nested(assignments: Sequence[str]) -> dict:
     """``["protocol.steps=4", "prompts.train={\\"file\\": \\"toy\\", \\"limit\\": 1}"]`` -> nested overrides."""
     out: dict = {}
@@ -766,7 +748,8 @@ def run_task(
     runs_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     components = None
-    evaluators: dict[int, _MemoEvaluator] = {}
+    # one evaluator per seed: it remembers its runs, so each reference is replayed once per seed
+    evaluators: dict[int, Any] = {}
     for seed in seeds:
         for sampler in samplers:
             out = runs_dir / f"{study}-{sampler}-s{seed}.json"
@@ -793,7 +776,7 @@ def run_task(
             )
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             if seed not in evaluators:
-                evaluators[seed] = _MemoEvaluator(make_evaluator(outcome.config, components))
+                evaluators[seed] = make_evaluator(outcome.config, components)
             evaluator = evaluators[seed]
             finished = sorted((t for t in outcome.study.trials if t.state.is_finished()), key=lambda t: t.number)
             record: dict[str, Any] = {
@@ -818,7 +801,7 @@ def run_task(
                 sub.add_trials(finished[:t])
                 try:
                     rec = recommend(
-                        sub, outcome.config.space, evaluator=evaluator,  # type: ignore[arg-type]
+                        sub, outcome.config.space, evaluator=evaluator,
                         references=list(references),
                         split="validation", seed=seed,
                     )  # fmt: skip

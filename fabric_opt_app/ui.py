@@ -455,20 +455,23 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                     out[option_params[j]] = f"**{_LETTERS[j]}**: {params_line(params[j])}"
             return out
 
+        def ask_next(tuner, sid, n_v, base, progress):
+            """The next comparison, on the prompt of the session's last round when there is one."""
+            session = backend.sessions.get(sid or "")
+            settings = None
+            if session is not None and session.last is not None:
+                last = session.last.settings
+                settings = RoundSettings(last.prompt, last.negative_prompt, int(n_v or last.n_images), base)
+            return tuner.ask(
+                session, settings, progress=progress_callback(progress, "denoising"),
+                status=lambda m: progress(0, desc=m),
+            )  # fmt: skip
+
         def on_tune_start(sid, name_v, options_v, n_v, *values, progress=gr.Progress()):  # noqa: B008
             try:
                 base = read_params(values)
                 tuner = backend.tuner(name_v or "", options=int(options_v or 2), base=base)
-                session = backend.sessions.get(sid or "")
-                settings = None
-                if session is not None and session.last is not None:
-                    last = session.last.settings
-                    settings = RoundSettings(last.prompt, last.negative_prompt, int(n_v or last.n_images), base)
-                query, rounds = tuner.ask(
-                    session, settings, progress=progress_callback(progress, "denoising"),
-                    status=lambda m: progress(0, desc=m),
-                )  # fmt: skip
-                return tune_outputs(tuner, query, rounds)
+                return tune_outputs(tuner, *ask_next(tuner, sid, n_v, base, progress))
             except Exception as exc:  # noqa: BLE001
                 return {tune_status: _error(exc)}
 
@@ -483,16 +486,7 @@ def build_ui(backend: AppBackend) -> gr.Blocks:
                             "this comparison is not the current one: press 'Show the comparison'"
                         )
                     tuner.answer(shown, k)
-                    session = backend.sessions.get(sid or "")
-                    settings = None
-                    if session is not None and session.last is not None:
-                        last = session.last.settings
-                        settings = RoundSettings(last.prompt, last.negative_prompt, int(n_v or last.n_images), base)
-                    query, rounds = tuner.ask(
-                        session, settings, progress=progress_callback(progress, "denoising"),
-                        status=lambda m: progress(0, desc=m),
-                    )  # fmt: skip
-                    out = tune_outputs(tuner, query, rounds)
+                    out = tune_outputs(tuner, *ask_next(tuner, sid, n_v, base, progress))
                     out[tune_status] = f"Stored: you preferred {_LETTERS[k]}. " + out[tune_status]
                     return out
                 except Exception as exc:  # noqa: BLE001
