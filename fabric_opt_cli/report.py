@@ -34,6 +34,11 @@ def report(
         0, "--extra-seeds", help="Re-evaluate the top candidates on this many fresh seed sets before recommending."
     ),
     top_k: int = typer.Option(3, "--top-k", help="Candidates to re-evaluate with --extra-seeds."),
+    compare_seeds: int = typer.Option(
+        1,
+        "--compare-seeds",
+        help="Replay each held-out prompt on this many seed sets in the comparison (narrows a noisy user's CI).",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Report folder (default <runs-dir>/<name>/report)."),
     showcase: int = typer.Option(
         1,
@@ -53,8 +58,8 @@ def report(
     from optimize.study import StorageSpec, check_objectives, load_components, make_evaluator, open_study
     from optimize.tracking import make_tracker
 
-    if extra_seeds < 0 or top_k < 1 or showcase < 0:
-        raise ConfigError("--extra-seeds and --showcase must be >= 0 and --top-k >= 1")
+    if extra_seeds < 0 or top_k < 1 or showcase < 0 or compare_seeds < 1:
+        raise ConfigError("--extra-seeds and --showcase must be >= 0, --top-k and --compare-seeds >= 1")
     spec = StorageSpec.parse(storage, runs_dir)
     tracker = make_tracker(options.tracking_uri(tracking_uri, runs_dir))
     dev, dt = options.resolve_device_dtype(device, dtype)
@@ -64,7 +69,15 @@ def report(
     needs_models = (compare and config.protocol.validation_prompts and config.compare_with) or extra_seeds > 0
     evaluator = None
     with RichProgress(get_console(stderr=True)) as progress:
-        plan = _replay_plan(opt_study, config, compare=compare, extra_seeds=extra_seeds, top_k=top_k, showcase=showcase)
+        plan = _replay_plan(
+            opt_study,
+            config,
+            compare=compare,
+            extra_seeds=extra_seeds,
+            top_k=top_k,
+            showcase=showcase,
+            compare_seeds=compare_seeds,
+        )
         if needs_models:
             check_objectives(config)
             components = load_components(config, dev, dt, cache_bytes=cache_bytes)
@@ -74,7 +87,8 @@ def report(
             progress.replay("replay: no-feedback baselines", plan["total"])
             if config.protocol.value == "improvement":
                 if compare and config.protocol.validation_prompts and config.compare_with:
-                    evaluator.baseline("validation")
+                    for replicate in range(compare_seeds):
+                        evaluator.baseline("validation", replicate)
                 for replicate in range(1, extra_seeds + 1):
                     evaluator.baseline("train", replicate)
             progress.phase("replay: held-out comparison", completed=plan["baseline"])
@@ -87,6 +101,7 @@ def report(
             references=config.compare_with if compare else (),
             extra_seeds=extra_seeds,
             top_k=top_k,
+            seed_sets=compare_seeds,
         )
         out_dir = out or Path(runs_dir) / name / "report"
         files = write_report(result, opt_study, out_dir)
@@ -105,7 +120,9 @@ def report(
     print_report(result, files)
 
 
-def _replay_plan(opt_study: Any, config: Any, *, compare: bool, extra_seeds: int, top_k: int, showcase: int) -> dict:
+def _replay_plan(
+    opt_study: Any, config: Any, *, compare: bool, extra_seeds: int, top_k: int, showcase: int, compare_seeds: int = 1
+) -> dict:
     """Rounds the report will generate, per phase (for the progress bar's time left)."""
     from optuna.trial import TrialState
 
@@ -114,9 +131,12 @@ def _replay_plan(opt_study: Any, config: Any, *, compare: bool, extra_seeds: int
     refs = len(config.compare_with) if compare and held_out else 0
     complete = len(opt_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     improvement = p.value == "improvement"
-    baseline = (held_out * rounds if refs and improvement else 0) + (extra_seeds * train * rounds if improvement else 0)
-    # each comparison evaluates the recommendation and the reference; extra seeds re-run the top candidates
-    comparison = 2 * refs * held_out * rounds + min(top_k, complete) * extra_seeds * train * rounds
+    baseline = (held_out * rounds * compare_seeds if refs and improvement else 0) + (
+        extra_seeds * train * rounds if improvement else 0
+    )
+    # each comparison evaluates the recommendation (once) and the reference, per seed set; extra
+    # seeds re-run the top candidates
+    comparison = (1 + refs) * held_out * rounds * compare_seeds + min(top_k, complete) * extra_seeds * train * rounds
     shown = min(showcase, held_out) * (2 + refs) * rounds if refs else 0  # no feedback, references, tuned
     return {"baseline": baseline, "compare": comparison, "total": baseline + comparison + shown}
 

@@ -85,6 +85,7 @@ class Comparison:
             ``"maximize"``.
         quantity: what is compared: ``"value"`` (the trial value, after a guard's penalty) or
             ``"guard"`` (the final round's guard score, e.g. prompt adherence; higher is better).
+        seed_sets: how many seed sets each prompt was replayed on (its difference is their mean).
     """
 
     reference: str
@@ -96,6 +97,7 @@ class Comparison:
     confidence: float
     direction: str = "maximize"
     quantity: str = "value"
+    seed_sets: int = 1
 
     @property
     def better(self) -> bool:
@@ -240,6 +242,7 @@ def recommend(
     confidence: float = 0.95,
     seed: int = 0,
     device: str = "cpu",
+    seed_sets: int = 1,
 ) -> Recommendation:
     """Recommend the best parameters of ``study`` (see module docs).
 
@@ -260,6 +263,8 @@ def recommend(
         confidence: level of the interval.
         seed: seeds the GP fit and the bootstrap.
         device: where the GP is fitted.
+        seed_sets: replay each compared prompt on this many seed sets (the study's, then fresh
+            ones) and difference the means: a noisy user's random likes average out.
 
     Raises:
         ConfigError: no complete trial, or options that need an evaluator without one.
@@ -309,6 +314,7 @@ def recommend(
                     n_bootstrap=n_bootstrap,
                     confidence=confidence,
                     seed=seed,
+                    seed_sets=seed_sets,
                 )
             )
             if evaluator.guard is not None:
@@ -323,6 +329,7 @@ def recommend(
                         confidence=confidence,
                         seed=seed,
                         quantity="guard",
+                        seed_sets=seed_sets,
                     )
                 )
     logger.info(
@@ -348,11 +355,14 @@ def compare(
     confidence: float = 0.95,
     seed: int = 0,
     quantity: str = "value",
+    seed_sets: int = 1,
 ) -> Comparison:
     """Paired comparison of ``params`` against ``reference`` on one split (same seeds).
 
     ``quantity="guard"`` compares the guard's final-round score per prompt instead of the value
     (the evaluator needs a guard; evaluations are shared, see ``TrialEvaluator``).
+    ``seed_sets`` > 1 replays every prompt on that many seed sets (replicate 0 is the study's
+    seeds) and compares the per-prompt means; the bootstrap still resamples prompts.
     """
     import numpy as np
 
@@ -364,12 +374,18 @@ def compare(
         raise ConfigError(f"quantity must be 'value' or 'guard', got {quantity!r}")
     if quantity == "guard" and evaluator.guard is None:
         raise ConfigError("a guard comparison needs an evaluator with a guard")
+    if seed_sets < 1:
+        raise ConfigError(f"seed_sets must be >= 1, got {seed_sets}")
 
     def per_prompt(p: FabricParams) -> list[float]:
-        result = evaluator.evaluate(p, split=split)
-        if quantity == "guard":
-            return [prompt.guard[-1] for prompt in result.prompts]
-        return result.per_prompt(objective)
+        rows = []
+        for replicate in range(seed_sets):
+            result = evaluator.evaluate(p, split=split, replicate=replicate)
+            if quantity == "guard":
+                rows.append([prompt.guard[-1] for prompt in result.prompts])
+            else:
+                rows.append(result.per_prompt(objective))
+        return np.asarray(rows).mean(axis=0).tolist()
 
     ours, theirs = per_prompt(params), per_prompt(reference)
     diffs = np.asarray(ours) - np.asarray(theirs)
@@ -387,6 +403,7 @@ def compare(
         confidence=confidence,
         direction=evaluator.directions[objective] if quantity == "value" else "maximize",
         quantity=quantity,
+        seed_sets=seed_sets,
     )
 
 

@@ -145,7 +145,9 @@ class StudyReport:
                 lines += [
                     "## Held-out comparison",
                     "",
-                    "Recommended minus reference, paired per prompt on the same seeds.",
+                    "Recommended minus reference, paired per prompt on the same seeds"
+                    + _seed_sets_note(rec.comparisons)
+                    + ".",
                     "",
                 ]
                 lines += ["| reference | mean difference | CI | better |", "|---|---|---|---|"]
@@ -165,8 +167,8 @@ class StudyReport:
                     f"## Held-out guard: {name}",
                     "",
                     f"The final round's {name} of the recommendation minus the reference's, paired per prompt on "
-                    "the same seeds and user: a tuned preset that bought its value by losing the guard shows here "
-                    "as worse.",
+                    "the same seeds and user" + _seed_sets_note(rec.guard_comparisons) + ": a tuned preset that "
+                    "bought its value by losing the guard shows here as worse.",
                     "",
                     "| reference | mean difference | CI | verdict |",
                     "|---|---|---|---|",
@@ -260,6 +262,11 @@ def param_importances(study: optuna.Study, *, objective: int = 0, seed: int = 0)
     return {k: float(v) for k, v in values.items()}
 
 
+def _seed_sets_note(comparisons: Sequence[Any]) -> str:
+    k = max((c.seed_sets for c in comparisons), default=1)
+    return f" (each prompt's mean over {k} seed sets)" if k > 1 else ""
+
+
 def build_report(
     study: optuna.Study,
     config: StudyConfig,
@@ -270,6 +277,7 @@ def build_report(
     top_k: int = 3,
     n_bootstrap: int = 2000,
     objective: int = 0,
+    seed_sets: int = 1,
 ) -> StudyReport:
     """Collect a study's report.
 
@@ -284,6 +292,7 @@ def build_report(
         top_k: how many candidates to re-evaluate.
         n_bootstrap: bootstrap resamples of the comparison.
         objective: which objective recommends (several objectives: the first by default).
+        seed_sets: seed sets each held-out prompt is replayed on for the comparison.
     """
     from optuna.trial import TrialState
 
@@ -318,7 +327,7 @@ def build_report(
         recommendation = recommend(
             study, space, evaluator=evaluator if (refs or extra_seeds) else None, objective=objective, top_k=top_k,
             extra_seeds=extra_seeds if evaluator is not None else 0, references=list(refs) if refs else None,
-            n_bootstrap=n_bootstrap, seed=config.seed,
+            n_bootstrap=n_bootstrap, seed=config.seed, seed_sets=seed_sets,
         )  # fmt: skip
     names = objective_labels(config, len(study.directions))
     directions = tuple("minimize" if d.name == "MINIMIZE" else "maximize" for d in study.directions)

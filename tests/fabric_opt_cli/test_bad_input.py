@@ -66,6 +66,7 @@ CASES = [
     (["worker", "tiny", "--device", "cuda:1"], {}, "CUDA"),
     # unknown study names for report / export
     (["report", "nosuch", "--storage", "{d}/none.journal"], {}, "no study storage"),
+    (["report", "nosuch", "--storage", "{d}/none.journal", "--compare-seeds", "0"], {}, "--compare-seeds >= 1"),
     (["export", "nosuch", "--storage", "{d}/none.journal", "--format", "a1111"], {}, "no study storage"),
     # presets from other tools, images, checkpoints
     (

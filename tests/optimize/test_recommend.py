@@ -93,6 +93,30 @@ def test_compare_is_paired(standins):
     assert all(d > 0 for d in better.per_prompt) and better.better
 
 
+def test_compare_on_several_seed_sets_averages_each_prompt_over_them(standins):
+    red = standins.ChannelObjective(0, "red")
+    protocol = Protocol(("a",), validation_prompts=("v1", "v2", "v3"), rounds=2)
+    evaluator = TrialEvaluator(standins.ColourGenerator(), red, protocol, SPACE)
+    ours, theirs = FabricParams(max_weight=0.9, steps=2), FabricParams(max_weight=0.2, steps=2)
+    three = compare(evaluator, ours, theirs, seed_sets=3)
+    by_set = [
+        [
+            a - b
+            for a, b in zip(
+                evaluator.evaluate(ours, split="validation", replicate=k).per_prompt(0),
+                evaluator.evaluate(theirs, split="validation", replicate=k).per_prompt(0),
+            )
+        ]
+        for k in range(3)
+    ]
+    assert three.seed_sets == 3 and len(three.per_prompt) == 3
+    assert three.per_prompt == pytest.approx([sum(col) / 3 for col in zip(*by_set)], abs=1e-12)
+    assert by_set[0] != by_set[1]  # fresh seeds, not the study's again
+    assert compare(evaluator, ours, theirs).per_prompt == pytest.approx(by_set[0], abs=1e-12)
+    with pytest.raises(ConfigError, match="seed_sets"):
+        compare(evaluator, ours, theirs, seed_sets=0)
+
+
 def test_options_that_need_an_evaluator():
     study = study_with(smooth_with_a_lucky_outlier())
     with pytest.raises(ConfigError, match="needs an evaluator"):
