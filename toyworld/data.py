@@ -21,19 +21,22 @@ class TrainConfig:
     """Step counts and optimiser settings of one training run."""
 
     seed: int = 0
-    n_images: int = 8000  # rendered once; training captions only (held-out ones excluded)
+    n_images: int = 16000  # rendered once; training captions only (held-out ones excluded)
     vae_steps: int = 2000
     vae_batch: int = 16
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6  # just enough to keep the latents bounded
-    unet_steps: int = 3500
+    unet_steps: int = 5000
     unet_batch: int = 32
-    unet_lr: float = 6e-4
+    unet_lr: float = 1e-3
     caption_dropout: float = 0.1  # fraction of empty captions, for classifier-free guidance
-    partial_captions: float = 0.5  # fraction of captions that leave attributes unsaid
+    partial_captions: float = 0.4  # fraction of captions that leave attributes unsaid
     min_snr_gamma: float = 5.0
-    ema_decay: float = 0.998
-    reward_steps: int = 600
+    ema_decay: float = 0.999
+    eval_every: int = 1000  # U-Net steps between checkpoints (weights written, held-out accuracy logged)
+    eval_images: int = 200  # held-out captions generated per checkpoint
+    reward_steps: int = 600  # toy-clip
+    classifier_steps: int = 1500
     reward_batch: int = 64
     reward_lr: float = 2e-3
     threads: int = 1  # one thread: on a shared 2-core box, two threads stall each other
@@ -53,7 +56,18 @@ class TrainConfig:
     @classmethod
     def quick(cls, **overrides) -> TrainConfig:
         """A smoke-test configuration: every phase runs, for a few steps."""
-        base = dict(n_images=96, vae_steps=6, vae_batch=8, unet_steps=6, unet_batch=8, reward_steps=6, reward_batch=16)
+        base = dict(
+            n_images=96,
+            vae_steps=6,
+            vae_batch=8,
+            unet_steps=6,
+            unet_batch=8,
+            eval_every=4,
+            eval_images=4,
+            reward_steps=6,
+            classifier_steps=6,
+            reward_batch=16,
+        )
         return cls(**{**base, **overrides})
 
 

@@ -132,19 +132,38 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+def _rotate_or_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One of the 8 rotations/reflections of the square for the whole batch: no attribute of a
+    scene changes under them, and the shapes' few training rotations (+-30 degrees) are widened."""
+    k = int(torch.randint(4, (1,), generator=generator))
+    x = torch.rot90(x, k, (2, 3))
+    return x.flip(3) if bool(torch.rand(1, generator=generator) < 0.5) else x
+
+
 # --- networks ------------------------------------------------------------------------------
 
 
 class _ConvEncoder(nn.Module):
-    """64x64 image -> ``width * 4 * 2`` features (average and max pooled, position-free)."""
+    """64x64 image -> ``width * 4 * 2`` features (average and max pooled, position-free).
 
-    def __init__(self, width: int = 32):
+    ``deep=False``: four convolutions, three of stride 2 (64 -> 32 -> 16 -> 8 -> 8).
+    ``deep=True``: six, alternating stride 1 and 2 (64 -> 64 -> 32 -> 32 -> 16 -> 16 -> 8). The
+    stride-1 layers see a small star's arms and a cross's notches at full resolution, which the
+    shallow encoder blurs away (held-out shape accuracy 0.79 shallow, 0.99 deep, on renders).
+    """
+
+    def __init__(self, width: int = 32, deep: bool = False):
         super().__init__()
-        chans = [3, width, width * 2, width * 4, width * 4]
+        if deep:
+            chans = [3, width, width * 2, width * 2, width * 4, width * 4, width * 4]
+            strides = [1, 2, 1, 2, 1, 2]
+        else:
+            chans = [3, width, width * 2, width * 4, width * 4]
+            strides = [2, 2, 2, 1]
         layers: list[nn.Module] = []
-        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2 if i < 3 else 1, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
-        self.net = nn.Sequential(*layers)  # 64 -> 32 -> 16 -> 8 -> 8
+        for cin, cout, stride in zip(chans[:-1], chans[1:], strides):
+            layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(8, cout), nn.SiLU()]
+        self.net = nn.Sequential(*layers)
         self.out_dim = chans[-1] * 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -157,11 +176,13 @@ class AttributeClassifier(nn.Module):
 
     Args:
         width: channels of the first conv layer.
+        deep: the six-layer encoder (see :class:`_ConvEncoder`); saved configs without the key
+            are the shallow one.
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, deep: bool = False):
         super().__init__()
-        self.encoder = _ConvEncoder(width)
+        self.encoder = _ConvEncoder(width, deep=deep)
         self.heads = nn.ModuleDict({h: nn.Linear(self.encoder.out_dim, len(c)) for h, (c, _) in HEADS.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -366,17 +387,19 @@ def train_rewards(cfg: TrainConfig, out: Path, n_train: int = 8000, n_test: int 
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        classifier, clip = AttributeClassifier(), ToyClip()
+        classifier, clip = AttributeClassifier(deep=True), ToyClip()
     model: Any  # the classifier, then toy-clip
     for stem, model in (("classifier", classifier), ("toyclip", clip)):
         t0 = time.perf_counter()
+        steps = cfg.classifier_steps if stem == "classifier" else cfg.reward_steps
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.reward_lr, weight_decay=1e-4)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.reward_lr, total_steps=cfg.reward_steps, pct_start=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.reward_lr, total_steps=steps, pct_start=0.1)
         model.train()
-        for step in range(cfg.reward_steps):
+        for step in range(steps):
             idx = torch.randint(len(images), (cfg.reward_batch,), generator=generator)
             x = _augment(to_model_range(images[idx]), generator)
             if stem == "classifier":
+                x = _rotate_or_flip(x, generator)
                 logits = model(x)
                 loss = cast(
                     torch.Tensor,
@@ -398,13 +421,13 @@ def train_rewards(cfg: TrainConfig, out: Path, n_train: int = 8000, n_test: int 
             loss.backward()
             opt.step()
             sched.step()
-            if (step + 1) % 100 == 0 or step + 1 == cfg.reward_steps:
-                logger.info("%s step %d/%d loss %.4f", stem, step + 1, cfg.reward_steps, loss.item())
+            if (step + 1) % 100 == 0 or step + 1 == steps:
+                logger.info("%s step %d/%d loss %.4f", stem, step + 1, steps, loss.item())
         model.eval()
         stats: dict = {"seconds": time.perf_counter() - t0}
         if stem == "classifier":
             stats["test_accuracy"] = classifier_accuracy(model, x_test, test_targets)
-            _save(model, {"width": 32}, stem, out)
+            _save(model, {"width": 32, "deep": True}, stem, out)
         else:
             with torch.no_grad():
                 img = model.encode_image(x_test)
