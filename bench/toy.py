@@ -115,6 +115,15 @@ def prompt_following(gen, cfg: BenchConfig) -> dict:
         [s for s in splits["held-out captions"] for _ in range(cfg.images_per_prompt)], blank
     )
     results["chance"] = {h: 1 / len(HEADS[h][0]) for h in ("colour", "shape", "size", "background")}
+    # the retraining target's reading (issue #17): 200 held-out captions, half of them two-shape
+    # scenes, each head's predicted set must equal the caption's exactly
+    from toyworld.train import generation_accuracy
+
+    t0 = time.perf_counter()
+    modules = {"vae": gen.pipeline.vae, "unet": gen.pipeline.unet, "text_encoder": gen.pipeline.text_encoder}
+    exact = generation_accuracy(modules, seed=cfg.seed + 100, n=200, schedule=dict(gen.pipeline.scheduler.config))
+    results["generated, 200 held-out captions, exact sets"] = {**(exact or {}), "n": 200}
+    results["generated, 200 held-out captions, exact sets"]["seconds"] = time.perf_counter() - t0
     return results
 
 

@@ -4,7 +4,7 @@ It is a genuine ``diffusers.StableDiffusionPipeline``: an ``AutoencoderKL`` (64x
 latents), a ``UNet2DConditionModel`` whose two levels are ``CrossAttnDownBlock2D`` /
 ``CrossAttnUpBlock2D`` (so FABRIC's ``attn1`` self-attention hooks find transformer blocks at
 every level, as in SD 1.5), a ``transformers.CLIPTextModel`` with the 49,408-token CLIP
-vocabulary, and a DDIM scheduler with SD's ``scaled_linear`` betas. Trained weights ship in
+vocabulary, and a DDIM scheduler (cosine schedule, v-prediction, see :func:`scheduler_config`). Trained weights ship in
 ``toyworld/weights/`` (``python -m toyworld.train`` reproduces them).
 
 Example:
@@ -39,7 +39,9 @@ __all__ = [
     "scheduler_config",
     "build_toy_components",
     "build_toy_pipeline",
+    "toy_pipeline_from",
     "save_toy_weights",
+    "load_toy_components",
     "toy_weights_available",
 ]
 
@@ -76,12 +78,12 @@ def unet_config() -> dict[str, Any]:
         "out_channels": 4,
         "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
         "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-        "block_out_channels": [32, 64],
+        "block_out_channels": [48, 96],
         "layers_per_block": 1,
         "cross_attention_dim": 64,
-        # diffusers' legacy name: this is the number of heads (16 or 32 channels per head)
+        # diffusers' legacy name: this is the number of heads (24 or 48 channels per head)
         "attention_head_dim": 2,
-        "norm_num_groups": 8,
+        "norm_num_groups": 16,
     }
 
 
@@ -102,17 +104,39 @@ def text_encoder_config() -> dict[str, Any]:
 
 
 def scheduler_config() -> dict[str, Any]:
-    """Stable Diffusion 1.x's noise schedule, for both training (DDPM) and sampling (DDIM)."""
+    """The noise schedule, for both training (DDPM) and sampling (DDIM).
+
+    A cosine schedule (``squaredcos_cap_v2``) whose last step leaves almost no signal
+    (``alphas_cumprod[-1]`` about 2e-9, not exactly 0, so every sigma stays finite),
+    v-prediction (epsilon is ill-posed at that noise level) and ``trailing`` timesteps (sampling
+    starts at t = 999, pure noise, as in training). With SD's ``scaled_linear`` betas a 16x16
+    latent keeps 7 % of its amplitude at the last step, about as much as the spatial mean of its
+    noise (1/16): the first toy model read the scene's colours partly off the seed's noise and
+    drew the prompt's colour in under half of held-out images.
+    """
     return {
         "num_train_timesteps": 1000,
-        "beta_start": 0.00085,
-        "beta_end": 0.012,
-        "beta_schedule": "scaled_linear",
-        "prediction_type": "epsilon",
+        "beta_schedule": "squaredcos_cap_v2",
+        "prediction_type": "v_prediction",
+        "timestep_spacing": "trailing",
         "clip_sample": False,
         "set_alpha_to_one": False,
-        "steps_offset": 1,
+        "steps_offset": 1,  # ignored by trailing spacing; 1 keeps diffusers from warning
     }
+
+
+# The first toy model's (2026-11-22) noise schedule, SD 1.x's: the schedule of a checkpoint saved
+# without a scheduler_config.json.
+_V1_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
 
 
 def build_toy_components(seed: int = 0) -> dict[str, torch.nn.Module]:
@@ -155,6 +179,26 @@ def save_toy_weights(components: dict[str, Any], weights_dir: str | Path, dtype:
         else:
             config = {k: v for k, v in dict(module.config).items() if not k.startswith("_")}
         (root / f"{name}_config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    # the weights only make sense with the schedule they were trained under
+    (root / "scheduler_config.json").write_text(json.dumps(scheduler_config(), indent=1, sort_keys=True) + "\n")
+
+
+def _scheduler_config_of(root: Path) -> dict[str, Any]:
+    path = root / "scheduler_config.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else dict(_V1_SCHEDULER)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not read {path}: {exc}".splitlines()[0]) from exc
+
+
+def load_toy_components(root: Path) -> dict[str, torch.nn.Module]:
+    """The ``vae``, ``unet`` and ``text_encoder`` saved in ``root`` (float32, CPU, train mode).
+
+    Raises:
+        WeightsNotFoundError: the folder lacks a checkpoint.
+        ModelLoadError: the checkpoint exists but does not load.
+    """
+    return _load_components(root)
 
 
 def _load_components(root: Path) -> dict[str, torch.nn.Module]:
@@ -212,29 +256,39 @@ def build_toy_pipeline(
         WeightsNotFoundError: ``trained=True`` and the folder lacks a checkpoint.
         ModelLoadError: the checkpoint exists but does not load.
     """
+    if trained:
+        root = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
+        modules: dict[str, Any] = _load_components(root)
+        schedule = _scheduler_config_of(root)
+    else:
+        modules = build_toy_components(seed=0)
+        schedule = scheduler_config()
+    for module in modules.values():
+        module.eval().requires_grad_(False)
+    pipe = toy_pipeline_from(modules, schedule)
+    for module in modules.values():
+        # ModelMixin.to(dtype=...) warns about fp32-pinned submodules even when there are none
+        torch.nn.Module.to(module, device=device, dtype=dtype)
+    return pipe
+
+
+def toy_pipeline_from(modules: dict[str, Any], schedule: dict[str, Any] | None = None) -> StableDiffusionPipeline:
+    """A pipeline around the given ``vae``, ``unet`` and ``text_encoder`` (shared, not copied):
+    the toy tokenizer, a DDIM scheduler (``schedule``, default :func:`scheduler_config`), no
+    safety checker, progress bar off."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     from fabric.tokenizer import offline_clip_tokenizer
 
-    if trained:
-        root = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
-        modules: dict[str, Any] = _load_components(root)
-    else:
-        modules = build_toy_components(seed=0)
-    for module in modules.values():
-        module.eval().requires_grad_(False)
     pipe = StableDiffusionPipeline(
         vae=modules["vae"],
         text_encoder=modules["text_encoder"],
         tokenizer=offline_clip_tokenizer(model_max_length=modules["text_encoder"].config.max_position_embeddings),
         unet=modules["unet"],
-        scheduler=DDIMScheduler(**scheduler_config()),
+        scheduler=DDIMScheduler.from_config(schedule if schedule is not None else scheduler_config()),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
-    for module in modules.values():
-        # ModelMixin.to(dtype=...) warns about fp32-pinned submodules even when there are none
-        torch.nn.Module.to(module, device=device, dtype=dtype)
     return pipe

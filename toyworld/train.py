@@ -3,9 +3,12 @@
 Two jobs, both seeded end to end (data, initialisation, batches, noise):
 
 * ``sd``: the toy Stable Diffusion (:mod:`toyworld.model`). First the VAE (L1 + MSE
-  reconstruction, a tiny KL term), then the latents' scale is measured, then the UNet and the
-  text encoder together with the standard epsilon-prediction loss (min-SNR-5 weighting, 10 %
-  empty captions for classifier-free guidance, EMA weights are the ones saved).
+  reconstruction, a tiny KL term; or ``--vae-from`` an existing checkpoint's), then the latents'
+  scale is measured, then the UNet and the text encoder together with the diffusion loss of
+  :func:`toyworld.model.scheduler_config`'s prediction type (v; min-SNR-5 weighting, 10 % empty
+  captions for classifier-free guidance, EMA weights are the ones saved). Every
+  ``eval_every`` steps the EMA weights are written to the output folder and the attribute
+  classifier reads images generated from held-out captions (:func:`generation_accuracy`).
 * ``rewards``: the attribute classifier and toy-clip (:mod:`toyworld.rewards`).
 
 ``--quick`` runs every phase for a handful of steps into a temporary folder (a smoke test, about a
@@ -20,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,8 +31,9 @@ import math
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -135,12 +140,15 @@ def train_unet(
     captions: Sequence[Sequence[str]],
     cfg: TrainConfig,
     generator: torch.Generator,
+    on_checkpoint: Callable[[int], None] | None = None,
 ) -> dict:
     """Train ``unet`` and ``text_encoder`` on ``latents`` (already scaled, ``N x 4 x 16 x 16``).
 
     ``captions[i]`` holds image ``i``'s full caption first, then partial ones; a sample uses a
     partial caption with probability ``cfg.partial_captions``. The saved weights are the
-    exponential moving averages, copied into the modules at the end.
+    exponential moving averages, copied into the modules at the end. Every ``cfg.eval_every``
+    steps ``on_checkpoint(step)`` is called with the EMA weights swapped in (modules in eval
+    mode); it must not draw from ``generator``.
     """
     from diffusers import DDPMScheduler
 
@@ -167,7 +175,9 @@ def train_unet(
     noise_scheduler = DDPMScheduler(**sched_cfg)
     abar = noise_scheduler.alphas_cumprod
     snr = abar / (1 - abar)
-    loss_weight = torch.clamp(snr, max=cfg.min_snr_gamma) / snr  # min-SNR weighting for epsilon
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
+    # min-SNR-gamma weighting (Hang et al. 2023), written for the model's prediction target
+    loss_weight = torch.clamp(snr, max=cfg.min_snr_gamma) / (snr + 1 if v_prediction else snr)
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
@@ -187,9 +197,10 @@ def train_unet(
         noise = torch.randn(z0.shape, generator=generator)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (cfg.unet_batch,), generator=generator)
         noisy = noise_scheduler.add_noise(z0, noise, t)
+        target = noise_scheduler.get_velocity(z0, noise, t) if v_prediction else noise
         cond = text_encoder(batch_ids).last_hidden_state  # (B, 16, 64)
         pred = unet(noisy, t, cond).sample
-        per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_sample * loss_weight[t]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -209,6 +220,11 @@ def train_unet(
                 sum(losses[-50:]) / len(losses[-50:]),
                 (time.perf_counter() - t0) / (step + 1),
             )
+        if on_checkpoint is not None and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.unet_steps:
+            with _ema_weights(params, ema):
+                on_checkpoint(step + 1)
+            unet.train()
+            text_encoder.train()
     with torch.no_grad():
         for p, e in zip(params, ema):
             p.copy_(e)
@@ -221,27 +237,94 @@ def train_unet(
     }
 
 
-def reconstruction_accuracy(vae, seed: int, n: int = 500) -> dict[str, float] | None:
-    """The attribute classifier's accuracy on VAE round trips of ``n`` held-out scenes
-    (``None`` when no trained classifier is packaged): what the VAE lets the U-Net express."""
-    from toyworld.model import DEFAULT_WEIGHTS_DIR
-    from toyworld.rewards import classifier_accuracy, load_attribute_classifier, scene_targets
+@contextlib.contextmanager
+def _ema_weights(params: list[torch.Tensor], ema: list[torch.Tensor]):
+    """Swap the EMA weights in for the duration of the block (for a checkpoint), then back."""
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in params]
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, saved):
+                p.copy_(s)
 
-    if not (DEFAULT_WEIGHTS_DIR / "classifier.safetensors").is_file():
+
+def _classifier(weights_dir: Path | None):
+    """The attribute classifier in ``weights_dir`` (default: the packaged one), or ``None``."""
+    from toyworld.model import DEFAULT_WEIGHTS_DIR
+    from toyworld.rewards import load_attribute_classifier
+
+    root = weights_dir if weights_dir is not None else DEFAULT_WEIGHTS_DIR
+    if not (root / "classifier.safetensors").is_file():
+        return None
+    return load_attribute_classifier(root)
+
+
+def reconstruction_accuracy(vae, seed: int, n: int = 500, classifier_dir: Path | None = None) -> dict | None:
+    """The attribute classifier's accuracy on VAE round trips of ``n`` held-out scenes
+    (``None`` without a trained classifier): what the VAE lets the U-Net express."""
+    from toyworld.rewards import classifier_accuracy, scene_targets
+
+    classifier = _classifier(classifier_dir)
+    if classifier is None:
         return None
     images, _, scenes = render_dataset(n, seed=seed, split="heldout")
     with torch.no_grad():
         x = to_model_range(images)
         recon = torch.cat([vae.decode(vae.encode(x[i : i + 100]).latent_dist.mean).sample for i in range(0, n, 100)])
     return {
-        k: round(v, 3)
-        for k, v in classifier_accuracy(load_attribute_classifier(), recon.clamp(-1, 1), scene_targets(scenes)).items()
+        k: round(v, 3) for k, v in classifier_accuracy(classifier, recon.clamp(-1, 1), scene_targets(scenes)).items()
     }
 
 
-def train_sd(cfg: TrainConfig, out: Path) -> dict:
-    """Train the toy Stable Diffusion and write its weights to ``out``; returns a summary."""
-    from toyworld.model import build_toy_components, save_toy_weights
+def generation_accuracy(
+    modules: dict,
+    seed: int,
+    n: int = 200,
+    classifier_dir: Path | None = None,
+    steps: int = 20,
+    guidance: float = 6.0,
+    schedule: dict | None = None,
+) -> dict | None:
+    """The attribute classifier's accuracy on images generated from ``n`` held-out captions (half
+    one-shape, half two-shape scenes; seed ``seed + i`` for caption ``i``); ``None`` without a
+    trained classifier. This is the number the toy model is trained to raise.
+
+    ``schedule``: the sampler's scheduler config (default: :func:`toyworld.model.scheduler_config`)."""
+    from toyworld.model import toy_pipeline_from
+    from toyworld.rewards import classifier_accuracy, images_to_tensor, scene_targets
+    from toyworld.scenes import caption, held_out_scenes
+
+    classifier = _classifier(classifier_dir)
+    if classifier is None:
+        return None
+    scenes = held_out_scenes(n // 2, seed=seed, n_shapes=1) + held_out_scenes(n - n // 2, seed=seed, n_shapes=2)
+    pipe = toy_pipeline_from(modules, schedule)
+    images = []
+    with torch.no_grad():
+        for i in range(0, n, 25):
+            batch = scenes[i : i + 25]
+            generators = [torch.Generator().manual_seed(seed + i + j) for j in range(len(batch))]
+            images += pipe(
+                [caption(s) for s in batch], num_inference_steps=steps, guidance_scale=guidance, generator=generators
+            ).images
+    acc = classifier_accuracy(classifier, images_to_tensor(images), scene_targets(scenes))
+    return {k: round(v, 3) for k, v in acc.items()}
+
+
+def train_sd(cfg: TrainConfig, out: Path, vae_from: Path | None = None, classifier_dir: Path | None = None) -> dict:
+    """Train the toy Stable Diffusion and write its weights to ``out``; returns a summary.
+
+    Args:
+        vae_from: a toy checkpoint whose VAE (and its scaling factor) to keep; the VAE phase is
+            skipped and only the U-Net and text encoder are trained.
+        classifier_dir: where the attribute classifier that measures the checkpoints lives
+            (default: the packaged one).
+    """
+    from toyworld.model import build_toy_components, load_toy_components, save_toy_weights
 
     generator = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
@@ -249,12 +332,36 @@ def train_sd(cfg: TrainConfig, out: Path) -> dict:
     captions = caption_variants(scenes, seed=cfg.seed)
     logger.info("rendered %d training scenes in %.1f s", len(images), time.perf_counter() - t0)
     modules = build_toy_components(seed=cfg.seed)
-    vae_stats = train_vae(modules["vae"], images, cfg, generator)
-    latents = vae_stats.pop("latents") * vae_stats["scaling_factor"]
-    vae_stats["reconstruction_accuracy"] = reconstruction_accuracy(modules["vae"], seed=cfg.seed + 1)
+    vae_stats: dict
+    if vae_from is None:
+        vae_stats = train_vae(modules["vae"], images, cfg, generator)
+        latents = vae_stats.pop("latents") * vae_stats["scaling_factor"]
+    else:
+        vae: Any = load_toy_components(vae_from)["vae"].eval()
+        modules["vae"] = vae
+        vae_stats = {"from": str(vae_from), "scaling_factor": vae.config.scaling_factor}
+        with torch.no_grad():
+            latents = torch.cat(
+                [vae.encode(to_model_range(images[i : i + 256])).latent_dist.mean for i in range(0, len(images), 256)]
+            )
+        latents = latents * vae_stats["scaling_factor"]
+    vae_stats["reconstruction_accuracy"] = reconstruction_accuracy(modules["vae"], cfg.seed + 1, 500, classifier_dir)
     logger.info("attribute accuracy of VAE reconstructions: %s", vae_stats["reconstruction_accuracy"])
-    unet_stats = train_unet(modules["unet"], modules["text_encoder"], latents, captions, cfg, generator)
+    curve: list[dict] = []
+
+    def checkpoint(step: int) -> None:
+        save_toy_weights(modules, out)
+        acc = generation_accuracy(modules, cfg.seed + 100, cfg.eval_images, classifier_dir)
+        curve.append({"step": step, "seconds": round(time.perf_counter() - t0), "heldout_accuracy": acc})
+        logger.info("checkpoint at step %d: held-out generation accuracy %s", step, acc)
+
+    unet_stats = train_unet(
+        modules["unet"], modules["text_encoder"], latents, captions, cfg, generator, on_checkpoint=checkpoint
+    )
     save_toy_weights(modules, out)
+    unet_stats["heldout_accuracy"] = generation_accuracy(modules, cfg.seed + 100, cfg.eval_images, classifier_dir)
+    unet_stats["checkpoints"] = curve
+    logger.info("held-out generation accuracy %s", unet_stats["heldout_accuracy"])
     return {"vae": vae_stats, "unet": unet_stats, "seconds": time.perf_counter() - t0}
 
 
@@ -290,6 +397,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared 2-core box)")
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument(
+        "--vae-from", type=Path, default=None, help="keep the VAE of this toy checkpoint; train only U-Net + text"
+    )
+    parser.add_argument(
+        "--classifier", type=Path, default=None, help="folder of the attribute classifier that scores checkpoints"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -313,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     record = {"config": dataclasses.asdict(cfg), "hardware": _hardware(), "date": time.strftime("%Y-%m-%d")}
     if args.only in ("sd", "all"):
-        record["sd"] = train_sd(cfg, out)
+        record["sd"] = train_sd(cfg, out, vae_from=args.vae_from, classifier_dir=args.classifier)
         (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     if args.only in ("rewards", "all"):
         from toyworld.rewards import train_rewards

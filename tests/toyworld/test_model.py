@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from fabric.errors import WeightsNotFoundError
-from toyworld.model import build_toy_components, build_toy_pipeline, save_toy_weights, toy_weights_available
+from toyworld.model import (
+    build_toy_components,
+    build_toy_pipeline,
+    save_toy_weights,
+    scheduler_config,
+    toy_weights_available,
+)
 
 
 def _generate(pipe, prompt: str, seed: int = 0, steps: int = 4, n: int = 1):
@@ -48,6 +54,16 @@ def test_save_and_load_roundtrip(tmp_path):
         expected = modules[name].state_dict()
         for key, value in getattr(pipe, name).state_dict().items():
             assert torch.equal(value, expected[key]), (name, key)
+    # the weights travel with the noise schedule they were trained under
+    assert pipe.scheduler.config.prediction_type == scheduler_config()["prediction_type"] == "v_prediction"
+    assert pipe.scheduler.config.beta_schedule == "squaredcos_cap_v2"
+
+
+def test_a_checkpoint_without_a_schedule_is_the_first_toy_models(tmp_path):
+    save_toy_weights(build_toy_components(seed=1), tmp_path)
+    (tmp_path / "scheduler_config.json").unlink()
+    config = build_toy_pipeline(tmp_path).scheduler.config
+    assert (config.beta_schedule, config.prediction_type) == ("scaled_linear", "epsilon")
 
 
 def test_missing_checkpoint_says_how_to_make_one(tmp_path):

@@ -81,3 +81,29 @@ def test_caption_variants_start_with_the_full_caption_and_are_seeded():
     assert [v[0] for v in variants] == [caption(s) for s in scenes]
     partial = [p for v in variants for p in v[1:]]
     assert len(partial) == 40 and any(len(p) < len(v[0]) for v, p in zip(variants, partial[::2]))
+
+
+def test_checkpoints_see_the_ema_weights_and_training_goes_on_with_the_live_ones():
+    cfg = TrainConfig.quick(vae_steps=2, unet_steps=5, vae_batch=2, unet_batch=2, eval_every=2)
+    images, _, scenes = render_dataset(4, seed=0)
+    vae, unet, text = _tiny_modules(0)
+    g = torch.Generator().manual_seed(0)
+    stats = train_vae(vae, images[:, :, :16, :16].contiguous(), cfg, g)
+    latents = stats.pop("latents") * stats["scaling_factor"]
+    seen: list[tuple[int, bool, torch.Tensor]] = []
+
+    def checkpoint(step: int) -> None:
+        seen.append((step, unet.training, unet.conv_in.weight.detach().clone()))
+
+    captions = caption_variants(scenes, seed=0)
+    train_unet(unet, text, latents, captions, cfg, g, on_checkpoint=checkpoint)
+    # steps 2 and 4 of 5; the final weights are saved by the caller, not as a checkpoint
+    assert [s for s, *_ in seen] == [2, 4]
+    assert not torch.equal(seen[0][2], seen[1][2])
+
+    # the same run without checkpoints ends with the same (EMA) weights: a checkpoint only looks
+    vae2, unet2, text2 = _tiny_modules(0)
+    g2 = torch.Generator().manual_seed(0)
+    stats2 = train_vae(vae2, images[:, :, :16, :16].contiguous(), cfg, g2)
+    train_unet(unet2, text2, stats2.pop("latents") * stats2["scaling_factor"], captions, cfg, g2)
+    assert torch.equal(unet.conv_in.weight, unet2.conv_in.weight)
