@@ -198,10 +198,6 @@ def load_toy_components(root: Path) -> dict[str, torch.nn.Module]:
         WeightsNotFoundError: the folder lacks a checkpoint.
         ModelLoadError: the checkpoint exists but does not load.
     """
-    return _load_components(root)
-
-
-def _load_components(root: Path) -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -258,7 +254,7 @@ def build_toy_pipeline(
     """
     if trained:
         root = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
-        modules: dict[str, Any] = _load_components(root)
+        modules: dict[str, Any] = load_toy_components(root)
         schedule = _scheduler_config_of(root)
     else:
         modules = build_toy_components(seed=0)

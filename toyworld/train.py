@@ -221,6 +221,8 @@ def train_unet(
                 (time.perf_counter() - t0) / (step + 1),
             )
         if on_checkpoint is not None and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.unet_steps:
+            unet.eval()
+            text_encoder.eval()
             with _ema_weights(params, ema):
                 on_checkpoint(step + 1)
             unet.train()

@@ -99,6 +99,7 @@ def test_checkpoints_see_the_ema_weights_and_training_goes_on_with_the_live_ones
     train_unet(unet, text, latents, captions, cfg, g, on_checkpoint=checkpoint)
     # steps 2 and 4 of 5; the final weights are saved by the caller, not as a checkpoint
     assert [s for s, *_ in seen] == [2, 4]
+    assert not any(training for _, training, _ in seen)  # checkpoints generate in eval mode
     assert not torch.equal(seen[0][2], seen[1][2])
 
     # the same run without checkpoints ends with the same (EMA) weights: a checkpoint only looks
