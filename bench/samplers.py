@@ -37,7 +37,9 @@ Samplers: the registry's ``botorch``, ``gp`` (Optuna's GPSampler, its default of
 startup trials), ``tpe``, ``random``; ``gp-matched``: GPSampler starting from exactly our Sobol
 design (:class:`optimize.samplers.design.SobolDesignSampler`, as many startup trials as
 ``botorch``); ``botorch-full``: ``botorch`` without its cost savings (hyperparameters fitted at
-every ask, 8 restarts, 200 L-BFGS iterations), to show what the savings cost in regret.
+every ask, 8 restarts, 200 L-BFGS iterations), to show what the savings cost in regret;
+``botorch-refit`` undoes only the first saving (hyperparameters fitted at every ask) and
+``botorch-wide`` only the second (8 restarts, 200 iterations), to tell which one costs.
 
 Ask cost: CPU time (``time.process_time``, not wall time: the machine is shared) of each
 model-based ask, from the sampler's own record for ``botorch`` and the gap between trials for
@@ -316,7 +318,14 @@ PROBLEMS: dict[str, Problem] = {
     )
 }
 
-SAMPLERS = ("botorch", "gp", "gp-matched", "tpe", "random", "botorch-full")
+SAMPLERS = ("botorch", "gp", "gp-matched", "tpe", "random", "botorch-full", "botorch-refit", "botorch-wide")
+
+# The two cost savings of ``botorch`` (module docs), each undone alone or both together.
+_BOTORCH_VARIANTS: dict[str, dict[str, Any]] = {
+    "botorch-full": {"reuse_hyperparameters": False, "num_restarts": 8, "maxiter": 200},
+    "botorch-refit": {"reuse_hyperparameters": False},
+    "botorch-wide": {"num_restarts": 8, "maxiter": 200},
+}
 CHECKPOINTS = (20, 40)
 
 
@@ -333,9 +342,9 @@ def make_bench_sampler(name: str, seed: int, distributions: Mapping[str, Any], *
 
     if name == "botorch":
         return make_sampler("botorch", seed=seed, search_space=dict(distributions), **options)
-    if name == "botorch-full":
-        full = {"reuse_hyperparameters": False, "num_restarts": 8, "maxiter": 200, **options}
-        return make_sampler("botorch", seed=seed, search_space=dict(distributions), **full)
+    if name in _BOTORCH_VARIANTS:
+        variant = {**_BOTORCH_VARIANTS[name], **options}
+        return make_sampler("botorch", seed=seed, search_space=dict(distributions), **variant)
     if name == "gp-matched":
         from optimize.samplers.design import SobolDesignSampler
 
@@ -826,7 +835,7 @@ def _task_options(config: Any, sampler: str) -> dict:
     """Sampler options for the real task: ``botorch`` keeps the study's own options; ``gp-matched``
     gets the same number of startup trials."""
     options = dict(config.sampler_options) if config.sampler == "botorch" else {}
-    if sampler in ("botorch", "botorch-full"):
+    if sampler == "botorch" or sampler in _BOTORCH_VARIANTS:
         return {k: v for k, v in options.items() if k != "search_space"}
     if sampler == "gp-matched" and "n_startup_trials" in options:
         return {"n_startup_trials": options["n_startup_trials"]}

@@ -42,6 +42,7 @@ __all__ = [
     "toy_pipeline_from",
     "save_toy_weights",
     "load_toy_components",
+    "saved_scheduler_config",
     "toy_weights_available",
 ]
 
@@ -183,7 +184,9 @@ def save_toy_weights(components: dict[str, Any], weights_dir: str | Path, dtype:
     (root / "scheduler_config.json").write_text(json.dumps(scheduler_config(), indent=1, sort_keys=True) + "\n")
 
 
-def _scheduler_config_of(root: Path) -> dict[str, Any]:
+def saved_scheduler_config(root: Path) -> dict[str, Any]:
+    """The noise schedule a checkpoint in ``root`` was trained with (the first model's without a
+    ``scheduler_config.json``)."""
     path = root / "scheduler_config.json"
     try:
         return json.loads(path.read_text()) if path.is_file() else dict(_V1_SCHEDULER)
@@ -255,7 +258,7 @@ def build_toy_pipeline(
     if trained:
         root = Path(weights_dir) if weights_dir is not None else DEFAULT_WEIGHTS_DIR
         modules: dict[str, Any] = load_toy_components(root)
-        schedule = _scheduler_config_of(root)
+        schedule = saved_scheduler_config(root)
     else:
         modules = build_toy_components(seed=0)
         schedule = scheduler_config()

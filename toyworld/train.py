@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fabric.errors import InvalidParameterError
+from fabric.errors import FabricOptError, InvalidParameterError
 from toyworld.data import TrainConfig, render_dataset, to_model_range
 
 __all__ = ["TrainConfig", "render_dataset", "caption_variants", "train_vae", "train_unet", "train_sd", "main"]
@@ -317,7 +317,31 @@ def generation_accuracy(
     return {k: round(v, 3) for k, v in acc.items()}
 
 
-def train_sd(cfg: TrainConfig, out: Path, vae_from: Path | None = None, classifier_dir: Path | None = None) -> dict:
+def continuation_start(init_from: Path, vae_from: Path | None = None) -> dict[str, torch.nn.Module]:
+    """The modules of the toy checkpoint ``init_from``, checked to be one training can continue.
+
+    Raises:
+        InvalidParameterError: ``vae_from`` names another folder (the U-Net only fits its own
+            VAE's latents), or the checkpoint has another noise schedule than
+            :func:`toyworld.model.scheduler_config`.
+        ModelLoadError: the checkpoint is missing or does not load.
+    """
+    from toyworld.model import load_toy_components, saved_scheduler_config, scheduler_config
+
+    if vae_from is not None and Path(vae_from).resolve() != Path(init_from).resolve():
+        raise InvalidParameterError("init_from keeps its own VAE; vae_from must be unset or the same folder")
+    if saved_scheduler_config(Path(init_from)) != scheduler_config():
+        raise InvalidParameterError(f"{init_from} was trained with another noise schedule; it cannot be continued")
+    return load_toy_components(Path(init_from))
+
+
+def train_sd(
+    cfg: TrainConfig,
+    out: Path,
+    vae_from: Path | None = None,
+    classifier_dir: Path | None = None,
+    init_from: Path | None = None,
+) -> dict:
     """Train the toy Stable Diffusion and write its weights to ``out``; returns a summary.
 
     Args:
@@ -325,15 +349,25 @@ def train_sd(cfg: TrainConfig, out: Path, vae_from: Path | None = None, classifi
             skipped and only the U-Net and text encoder are trained.
         classifier_dir: where the attribute classifier that measures the checkpoints lives
             (default: the packaged one).
+        init_from: a toy checkpoint to continue from: its U-Net and text encoder are the starting
+            weights (a fresh optimiser and learning-rate cycle of ``cfg.unet_steps``) and its VAE
+            is kept, since the U-Net was trained on that VAE's latents. Its noise schedule must be
+            :func:`toyworld.model.scheduler_config`'s.
     """
     from toyworld.model import build_toy_components, load_toy_components, save_toy_weights
 
+    start: dict | None = None
+    if init_from is not None:
+        start = continuation_start(init_from, vae_from)
+        vae_from = init_from
     generator = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     images, _, scenes = render_dataset(cfg.n_images, seed=cfg.seed, split="train")
     captions = caption_variants(scenes, seed=cfg.seed)
     logger.info("rendered %d training scenes in %.1f s", len(images), time.perf_counter() - t0)
     modules = build_toy_components(seed=cfg.seed)
+    if start is not None:
+        modules["unet"], modules["text_encoder"] = start["unet"], start["text_encoder"]
     vae_stats: dict
     if vae_from is None:
         vae_stats = train_vae(modules["vae"], images, cfg, generator)
@@ -364,6 +398,8 @@ def train_sd(cfg: TrainConfig, out: Path, vae_from: Path | None = None, classifi
     unet_stats["heldout_accuracy"] = generation_accuracy(modules, cfg.seed + 100, cfg.eval_images, classifier_dir)
     unet_stats["checkpoints"] = curve
     logger.info("held-out generation accuracy %s", unet_stats["heldout_accuracy"])
+    if init_from is not None:
+        unet_stats["init_from"] = str(init_from)
     return {"vae": vae_stats, "unet": unet_stats, "seconds": time.perf_counter() - t0}
 
 
@@ -399,11 +435,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared 2-core box)")
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument("--unet-lr", type=float, default=None, help="peak learning rate of the U-Net phase")
     parser.add_argument(
         "--vae-from", type=Path, default=None, help="keep the VAE of this toy checkpoint; train only U-Net + text"
     )
     parser.add_argument(
         "--classifier", type=Path, default=None, help="folder of the attribute classifier that scores checkpoints"
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue from this toy checkpoint: its U-Net and text encoder start, its VAE is kept",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -413,7 +456,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         overrides["unet_steps"] = args.unet_steps
     if args.vae_steps is not None:
         overrides["vae_steps"] = args.vae_steps
-    cfg = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
+    if args.unet_lr is not None:
+        overrides["unet_lr"] = args.unet_lr
+    try:
+        cfg = TrainConfig.quick(**overrides) if args.quick else TrainConfig(**overrides)
+        if args.init_from is not None:  # fail here, before anything is written
+            continuation_start(args.init_from, args.vae_from)
+    except FabricOptError as exc:
+        parser.exit(2, f"error: {exc}\n")
     if args.out is not None:
         out = args.out
     elif args.quick:
@@ -428,7 +478,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     record = {"config": dataclasses.asdict(cfg), "hardware": _hardware(), "date": time.strftime("%Y-%m-%d")}
     if args.only in ("sd", "all"):
-        record["sd"] = train_sd(cfg, out, vae_from=args.vae_from, classifier_dir=args.classifier)
+        record["sd"] = train_sd(
+            cfg, out, vae_from=args.vae_from, classifier_dir=args.classifier, init_from=args.init_from
+        )
         (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     if args.only in ("rewards", "all"):
         from toyworld.rewards import train_rewards

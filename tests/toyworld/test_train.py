@@ -108,3 +108,46 @@ def test_checkpoints_see_the_ema_weights_and_training_goes_on_with_the_live_ones
     stats2 = train_vae(vae2, images[:, :, :16, :16].contiguous(), cfg, g2)
     train_unet(unet2, text2, stats2.pop("latents") * stats2["scaling_factor"], captions, cfg, g2)
     assert torch.equal(unet.conv_in.weight, unet2.conv_in.weight)
+
+
+def _packaged_or_skip():
+    from toyworld.model import DEFAULT_WEIGHTS_DIR, toy_weights_available
+
+    if not toy_weights_available(DEFAULT_WEIGHTS_DIR):
+        pytest.skip("no packaged toy weights")
+    return DEFAULT_WEIGHTS_DIR
+
+
+def test_training_continues_from_a_checkpoint_with_its_vae(tmp_path):
+    from toyworld.model import load_toy_components
+    from toyworld.train import train_sd
+
+    root = _packaged_or_skip()
+    cfg = TrainConfig.quick(n_images=8, unet_steps=1, unet_batch=2, eval_every=10)
+    # no classifier in tmp_path: the accuracy readings are skipped, which keeps this fast
+    stats = train_sd(cfg, tmp_path / "out", classifier_dir=tmp_path, init_from=root)
+    start, after = load_toy_components(root), load_toy_components(tmp_path / "out")
+    assert stats["unet"]["init_from"] == str(root)
+    for name in ("unet", "text_encoder", "vae"):
+        a, b = start[name].state_dict(), after[name].state_dict()
+        # one step at lr 1e-3 moves a weight by about 1e-3; a fresh initialisation would be far off
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 0.01, name
+    assert torch.equal(start["vae"].encoder.conv_in.weight, after["vae"].encoder.conv_in.weight)
+    assert after["vae"].config.scaling_factor == start["vae"].config.scaling_factor
+
+
+def test_continuing_needs_the_same_schedule_and_vae(tmp_path):
+    import shutil
+
+    from toyworld.train import train_sd
+
+    root = _packaged_or_skip()
+    v1 = tmp_path / "v1"
+    shutil.copytree(root, v1)
+    (v1 / "scheduler_config.json").unlink()  # a checkpoint without one has the first model's schedule
+    cfg = TrainConfig.quick(n_images=8, unet_steps=1, unet_batch=2)
+    with pytest.raises(InvalidParameterError, match="another noise schedule"):
+        train_sd(cfg, tmp_path / "out", classifier_dir=tmp_path, init_from=v1)
+    with pytest.raises(InvalidParameterError, match="keeps its own VAE"):
+        train_sd(cfg, tmp_path / "out", classifier_dir=tmp_path, init_from=root, vae_from=v1)
+    assert not (tmp_path / "out").exists()
