@@ -47,7 +47,6 @@ time of a 1-thread run is the steadier of the two. Memory on CPU is the peak res
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -62,6 +61,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from bench.results import write_json
 from fabric.shapes import SD15_UNET, SDXL_UNET
 
 if TYPE_CHECKING:
@@ -915,8 +915,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     def save() -> None:
         """After every part: a run stopped by a time limit keeps what it measured."""
         if args.json is not None:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+            write_json(args.json, results)
 
     for text in models.split(","):
         name, size = _parse_model(text.strip())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import platform
 import statistics
@@ -25,6 +24,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from bench.results import write_json
 
 __all__ = ["Result", "measure", "main"]
 
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
             "threads": args.threads,
             "machine": platform.processor() or platform.machine(),
         }
-        args.json.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
+        write_json(args.json, {"meta": meta, "results": [asdict(r) for r in results]}, indent=2)
     return results
 
 

@@ -45,6 +45,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.results import write_json
+
 __all__ = ["BenchConfig", "run_arm", "summarise", "main"]
 
 logger = logging.getLogger(__name__)
@@ -228,8 +230,7 @@ def main(argv: list[str] | None = None) -> None:
                 "wall_seconds": round(time.time() - started, 1),
                 "results": results,
             }
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(report, indent=2) + "\n")
+            write_json(args.out, report, indent=2)
     logger.info("summary (%s): %s", args.out, json.dumps(summarise(results), indent=2))
 
 

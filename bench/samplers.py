@@ -84,6 +84,8 @@ from typing import Any
 
 import numpy as np
 
+from bench.results import write_json
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["PROBLEMS", "Problem", "make_bench_sampler", "run_one", "run_task", "summarize", "main"]
@@ -825,7 +827,7 @@ def run_task(
                         c.reference: {"mean": c.mean_difference, "ci": [c.ci_low, c.ci_high]} for c in rec.comparisons
                     },
                 }
-            out.write_text(json.dumps(record, indent=1))
+            write_json(out, record)
             results.append(record)
             logger.info("%s: %s", name, {t: c.get("heldout", c) for t, c in record["checkpoints"].items()})
     return results
@@ -939,7 +941,7 @@ def main(argv: list[str] | None = None) -> None:
         results = run_task(args.task, args.samplers, seeds, args.trials, checkpoints, runs_dir, _nested(args.set))
         table = task_markdown(results, checkpoints)
         meta["args"]["runs_dir"] = str(runs_dir)
-        args.out.write_text(json.dumps({**meta, "wall_s": time.perf_counter() - start, "results": results}, indent=1))
+        write_json(args.out, {**meta, "wall_s": time.perf_counter() - start, "results": results})
         print(table)  # noqa: T201 - the report is this script's output
         return
 
@@ -947,7 +949,7 @@ def main(argv: list[str] | None = None) -> None:
         runs = [r for path in args.merge for r in json.loads(path.read_text())["runs"]]
         runs = [r for r in runs if r["problem"] in args.problems and r["sampler"] in args.samplers]
         summary = summarize(runs, checkpoints)
-        args.out.write_text(json.dumps({**meta, "merged": [str(p) for p in args.merge], "summary": summary}, indent=1))
+        write_json(args.out, {**meta, "merged": [str(p) for p in args.merge], "summary": summary})
         print(markdown(summary, checkpoints))  # noqa: T201
         return
 
@@ -958,7 +960,7 @@ def main(argv: list[str] | None = None) -> None:
         # Optuna's GPSampler and ours both ask with a model from 10 / 6 complete trials on; count
         # model-based asks from 10 complete trials for every sampler, so the same asks are compared.
         table = ask_cost_markdown(results, n_startup=10)
-        args.out.write_text(json.dumps({**meta, "wall_s": time.perf_counter() - start, "results": results}, indent=1))
+        write_json(args.out, {**meta, "wall_s": time.perf_counter() - start, "results": results})
         print(table)  # noqa: T201
         return
 
@@ -966,7 +968,7 @@ def main(argv: list[str] | None = None) -> None:
         jobs = [(p, arm, s) for p in args.problems for arm in NOISE_ARMS for s in seeds]  # interleaved
         runs = _pool(run_noise_arm, jobs, args.workers)
         table = noise_markdown(runs)
-        args.out.write_text(json.dumps({**meta, "wall_s": time.perf_counter() - start, "runs": runs}, indent=1))
+        write_json(args.out, {**meta, "wall_s": time.perf_counter() - start, "runs": runs})
         print(table)  # noqa: T201
         return
 

@@ -28,12 +28,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from bench.results import write_json
 
 __all__ = ["run_once", "main"]
 
@@ -158,8 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if diff and args.prompt_batch == 1:
         logger.error("the cache changed trial values by up to %g", diff)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=1) + "\n")
+        write_json(args.json, summary)
     return summary
 
 

@@ -17,13 +17,14 @@ A benchmark, not a test: it takes minutes on a 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.results import write_json
 
 __all__ = ["BenchConfig", "prompt_following", "feedback_steering", "main"]
 
@@ -328,8 +329,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         results["c"] = tuning_cost(args.study, {k: Path(v) for k, v in presets.items()})
     results["seconds"] = time.perf_counter() - t0
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        write_json(args.json, results)
     logger.info("done in %.0f s", results["seconds"])
     return results
 

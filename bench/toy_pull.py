@@ -19,13 +19,14 @@ Results go to the log and, with ``--json``, to a file; docs/BENCHMARKS.md quotes
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from bench.results import write_json
 
 __all__ = ["PullConfig", "pull_prompts", "feedback_pull", "attribute_steering", "main"]
 
@@ -245,8 +246,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             logger.info("%s: dislike %s", head, results[head]["dislike push, all pairs"])
     results["seconds"] = round(time.perf_counter() - t0, 1)
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        write_json(args.json, results)
     logger.info("done in %.0f s", results["seconds"])
     return results
 

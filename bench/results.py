@@ -1,0 +1,30 @@
+"""Where a benchmark's numbers go: one JSON file per run, which docs/BENCHMARKS.md quotes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["write_json"]
+
+
+def write_json(path: Path, data: Any, *, indent: int = 1) -> None:
+    """Write ``data`` to ``path`` as JSON, creating its folder.
+
+    The file is written beside its target and then renamed over it, so an interrupted benchmark
+    leaves the previous result or none, never half a file. Values JSON does not know (paths,
+    dtypes, devices) are written as their ``str``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=indent, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
