@@ -39,7 +39,8 @@ design (:class:`optimize.samplers.design.SobolDesignSampler`, as many startup tr
 ``botorch``); ``botorch-full``: ``botorch`` without its cost savings (hyperparameters fitted at
 every ask, 8 restarts, 200 L-BFGS iterations), to show what the savings cost in regret;
 ``botorch-refit`` undoes only the first saving (hyperparameters fitted at every ask) and
-``botorch-wide`` only the second (8 restarts, 200 iterations), to tell which one costs.
+``botorch-wide`` only the second (8 restarts, 200 iterations), to tell which one costs;
+``botorch-warm`` fits hyperparameters at every ask, each fit starting from the previous one's.
 
 Ask cost: CPU time (``time.process_time``, not wall time: the machine is shared) of each
 model-based ask, from the sampler's own record for ``botorch`` and the gap between trials for
@@ -320,13 +321,24 @@ PROBLEMS: dict[str, Problem] = {
     )
 }
 
-SAMPLERS = ("botorch", "gp", "gp-matched", "tpe", "random", "botorch-full", "botorch-refit", "botorch-wide")
+SAMPLERS = (
+    "botorch",
+    "gp",
+    "gp-matched",
+    "tpe",
+    "random",
+    "botorch-full",
+    "botorch-refit",
+    "botorch-wide",
+    "botorch-warm",
+)
 
 # The two cost savings of ``botorch`` (module docs), each undone alone or both together.
 _BOTORCH_VARIANTS: dict[str, dict[str, Any]] = {
     "botorch-full": {"reuse_hyperparameters": False, "num_restarts": 8, "maxiter": 200},
     "botorch-refit": {"reuse_hyperparameters": False},
     "botorch-wide": {"num_restarts": 8, "maxiter": 200},
+    "botorch-warm": {"reuse_hyperparameters": False, "warm_start": True},
 }
 CHECKPOINTS = (20, 40)
 

@@ -403,6 +403,16 @@ def train_sd(
     return {"vae": vae_stats, "unet": unet_stats, "seconds": time.perf_counter() - t0}
 
 
+def training_record(cfg: TrainConfig, init_from: Path | None = None) -> dict:
+    """The start of ``training.json``: the config, the machine, the date and, for a run that
+    continues a checkpoint, that checkpoint's own record (so the weights' history stays with them)."""
+    record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "hardware": _hardware()}
+    record["date"] = time.strftime("%Y-%m-%d")
+    if init_from is not None and (Path(init_from) / "training.json").is_file():
+        record["continues"] = json.loads((Path(init_from) / "training.json").read_text())
+    return record
+
+
 def _hardware() -> dict:
     model = platform.processor() or platform.machine()
     try:
@@ -476,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     torch.set_num_threads(cfg.threads)
     logger.info("training %s into %s with %s", args.only, out, cfg)
 
-    record = {"config": dataclasses.asdict(cfg), "hardware": _hardware(), "date": time.strftime("%Y-%m-%d")}
+    record = training_record(cfg, args.init_from)
     if args.only in ("sd", "all"):
         record["sd"] = train_sd(
             cfg, out, vae_from=args.vae_from, classifier_dir=args.classifier, init_from=args.init_from

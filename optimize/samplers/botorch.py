@@ -53,7 +53,9 @@ sees all the others' points as pending.
 Cost: the GP's hyperparameters are fitted (from BoTorch's defaults) when the number of
 complete trials has grown by 20 % (at least 2) since the last fit; in between, the model keeps
 them and is only conditioned on the new data (milliseconds instead of a fit that takes about
-as long as the rest of the ask). The acquisition is maximised from the best of
+as long as the rest of the ask). With ``warm_start`` a fit starts from the previous fit's
+hyperparameters instead of BoTorch's defaults; with ``reuse_hyperparameters=False`` as well, the
+hyperparameters are fitted at every ask, each fit a short continuation of the last. The acquisition is maximised from the best of
 ``raw_samples`` Sobol points and perturbations of the best observed points, by a short L-BFGS-B
 run on ``num_restarts`` starts with discrete values relaxed, then a coordinate search over the
 allowed values of each integer and categorical parameter. Suggestions are reproducible for the
@@ -184,6 +186,8 @@ class BoTorchSampler(BaseSampler):
             publish its parameters; 0 turns the wait off.
         reuse_hyperparameters: keep fitted hyperparameters until the data grew by 20 % (module
             docs, *Cost*); ``False`` fits them at every ask.
+        warm_start: start each fit of the hyperparameters from the previous fit's instead of
+            BoTorch's defaults (module docs, *Cost*).
         device: where the GP is fitted and the acquisition optimised (``"cpu"``, ``"cuda"``).
         dtype: floating type of the GP; float64 is what BoTorch is tuned for.
         warn_independent_sampling: log when a parameter outside the relative search space is
@@ -203,6 +207,7 @@ class BoTorchSampler(BaseSampler):
         pruned: Literal["pending", "ignore", "last_value"] = "pending",
         ask_timeout: float = 60.0,
         reuse_hyperparameters: bool = True,
+        warm_start: bool = False,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         warn_independent_sampling: bool = True,
@@ -233,6 +238,7 @@ class BoTorchSampler(BaseSampler):
         self._pruned = pruned
         self._ask_timeout = float(ask_timeout)
         self._reuse = bool(reuse_hyperparameters)
+        self._warm_start = bool(warm_start)
         self._device = device
         self._dtype = dtype
         self._warn_independent_sampling = warn_independent_sampling
@@ -443,7 +449,14 @@ class BoTorchSampler(BaseSampler):
                 return fit_gp(X, Y, bounds, cat_dims, init=previous.state, optimize=False)
             except RuntimeError:  # e.g. a state that no longer fits the model: fit afresh
                 pass
-        model = fit_gp(X, Y, bounds, cat_dims)
+        model = None
+        if self._warm_start and previous is not None:
+            try:
+                model = fit_gp(X, Y, bounds, cat_dims, init=previous.state)
+            except RuntimeError:  # as above; a fresh fit follows
+                model = None
+        if model is None:
+            model = fit_gp(X, Y, bounds, cat_dims)
         self._fits[key] = _FitState(hyperparameters(model), n)
         return model
 

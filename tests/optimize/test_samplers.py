@@ -457,6 +457,28 @@ def test_hyperparameters_are_refitted_as_the_data_grows_and_reused_in_between():
     assert study.trials[3].params == fresh.trials[3].params
 
 
+def test_warm_start_fits_every_ask_from_the_previous_hyperparameters(monkeypatch):
+    import optimize.samplers.botorch as module
+
+    calls: list[tuple[bool, bool]] = []  # (started from earlier hyperparameters, optimised)
+    real_fit = module.fit_gp
+
+    def spy(X, Y, bounds, cat_dims=(), *, init=None, optimize=True):
+        calls.append((init is not None, optimize))
+        return real_fit(X, Y, bounds, cat_dims, init=init, optimize=optimize)
+
+    monkeypatch.setattr(module, "fit_gp", spy)
+    warm = optuna.create_study(
+        sampler=sampler("botorch", n_startup_trials=3, reuse_hyperparameters=False, warm_start=True)
+    )
+    warm.optimize(mixed_5d, n_trials=6)
+    # one objective, no failures: one fit per model-based ask, each optimised, all but the first warm
+    assert calls == [(False, True), (True, True), (True, True)]
+    fresh = optuna.create_study(sampler=sampler("botorch", n_startup_trials=3, reuse_hyperparameters=False))
+    fresh.optimize(mixed_5d, n_trials=4)
+    assert warm.trials[3].params == fresh.trials[3].params  # the first fit has nothing to start from
+
+
 def test_bad_sampler_options_are_config_errors():
     for options in ({"pruned": "drop"}, {"maxiter": 0}, {"ask_timeout": -1}, {"num_restarts": 1.5}):
         with pytest.raises(ConfigError):

@@ -151,3 +151,15 @@ def test_continuing_needs_the_same_schedule_and_vae(tmp_path):
     with pytest.raises(InvalidParameterError, match="keeps its own VAE"):
         train_sd(cfg, tmp_path / "out", classifier_dir=tmp_path, init_from=root, vae_from=v1)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_record_of_a_continued_run_keeps_the_earlier_record(tmp_path):
+    import json
+
+    from toyworld.train import training_record
+
+    (tmp_path / "training.json").write_text(json.dumps({"sd": {"unet": {"final_mse": 0.13}}}))
+    record = training_record(TrainConfig(unet_steps=7), init_from=tmp_path)
+    assert record["config"]["unet_steps"] == 7
+    assert record["continues"] == {"sd": {"unet": {"final_mse": 0.13}}}
+    assert "continues" not in training_record(TrainConfig())
