@@ -55,10 +55,11 @@ complete trials has grown by 20 % (at least 2) since the last fit; in between, t
 them and is only conditioned on the new data (milliseconds instead of a fit that takes about
 as long as the rest of the ask). With ``warm_start`` a fit starts from the previous fit's
 hyperparameters instead of BoTorch's defaults; with ``reuse_hyperparameters=False`` as well, the
-hyperparameters are fitted at every ask, each fit a short continuation of the last. The acquisition is maximised from the best of
-``raw_samples`` Sobol points and perturbations of the best observed points, by a short L-BFGS-B
-run on ``num_restarts`` starts with discrete values relaxed, then a coordinate search over the
-allowed values of each integer and categorical parameter. Suggestions are reproducible for the
+hyperparameters are fitted at every ask, each fit a short continuation of the last. The
+acquisition is maximised from the best of ``raw_samples`` Sobol points and perturbations of
+the best observed points, by a short L-BFGS-B run on ``num_restarts`` starts with discrete
+values relaxed, then a coordinate search over the allowed values of each integer and
+categorical parameter. Suggestions are reproducible for the
 same seed and the same sequence of asks in one process (which hyperparameters are reused depends
 on that process's earlier asks).
 
