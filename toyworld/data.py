@@ -27,6 +27,7 @@ class TrainConfig:
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6  # just enough to keep the latents bounded
     unet_steps: int = 5000
+    unet_stop: int | None = None  # end the U-Net phase after this many steps, on the schedule of unet_steps
     unet_batch: int = 32
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1  # fraction of empty captions, for classifier-free guidance
@@ -48,6 +49,8 @@ class TrainConfig:
                 ok = 0.0 <= value < 1.0
             elif f.name == "seed":
                 ok = value >= 0
+            elif f.name == "unet_stop":
+                ok = value is None or 0 < value <= self.unet_steps
             else:
                 ok = value > 0
             if not ok:

@@ -186,7 +186,8 @@ def train_unet(
     unet.train()
     text_encoder.train()
     losses, t0 = [], time.perf_counter()
-    for step in range(cfg.unet_steps):
+    n_steps = cfg.unet_stop or cfg.unet_steps  # a stop keeps the learning-rate schedule of unet_steps
+    for step in range(n_steps):
         idx = torch.randint(len(latents), (cfg.unet_batch,), generator=generator)
         drop = torch.rand(cfg.unet_batch, generator=generator) < cfg.caption_dropout
         partial = torch.rand(cfg.unet_batch, generator=generator) < cfg.partial_captions
@@ -212,7 +213,7 @@ def train_unet(
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
         losses.append(per_sample.mean().item())
-        if (step + 1) % 50 == 0 or step + 1 == cfg.unet_steps:
+        if (step + 1) % 50 == 0 or step + 1 == n_steps:
             logger.info(
                 "unet step %d/%d mse %.4f (%.2f s/step)",
                 step + 1,
@@ -220,7 +221,7 @@ def train_unet(
                 sum(losses[-50:]) / len(losses[-50:]),
                 (time.perf_counter() - t0) / (step + 1),
             )
-        if on_checkpoint is not None and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.unet_steps:
+        if on_checkpoint is not None and (step + 1) % cfg.eval_every == 0 and step + 1 < n_steps:
             unet.eval()
             text_encoder.eval()
             with _ema_weights(params, ema):
@@ -447,6 +448,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--unet-lr", type=float, default=None, help="peak learning rate of the U-Net phase")
     parser.add_argument(
+        "--unet-stop",
+        type=int,
+        default=None,
+        help="end the U-Net phase after this many steps, keeping the learning-rate schedule of --unet-steps",
+    )
+    parser.add_argument(
         "--vae-from", type=Path, default=None, help="keep the VAE of this toy checkpoint; train only U-Net + text"
     )
     parser.add_argument(
@@ -464,6 +471,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     overrides = {"seed": args.seed, "threads": args.threads}
     if args.unet_steps is not None:
         overrides["unet_steps"] = args.unet_steps
+    if args.unet_stop is not None:
+        overrides["unet_stop"] = args.unet_stop
     if args.vae_steps is not None:
         overrides["vae_steps"] = args.vae_steps
     if args.unet_lr is not None:

@@ -163,3 +163,33 @@ def test_the_record_of_a_continued_run_keeps_the_earlier_record(tmp_path):
     assert record["config"]["unet_steps"] == 7
     assert record["continues"] == {"sd": {"unet": {"final_mse": 0.13}}}
     assert "continues" not in training_record(TrainConfig())
+
+
+def test_a_stopped_run_ends_with_the_checkpoint_of_the_full_run_at_that_step():
+    images, _, scenes = render_dataset(4, seed=0)
+    captions = caption_variants(scenes, seed=0)
+
+    def run(**overrides):
+        cfg = TrainConfig.quick(vae_steps=2, unet_steps=5, vae_batch=2, unet_batch=2, eval_every=3, **overrides)
+        vae, unet, text = _tiny_modules(0)
+        g = torch.Generator().manual_seed(0)
+        stats = train_vae(vae, images[:, :, :16, :16].contiguous(), cfg, g)
+        seen: list[torch.Tensor] = []
+        train_unet(
+            unet,
+            text,
+            stats.pop("latents") * stats["scaling_factor"],
+            captions,
+            cfg,
+            g,
+            on_checkpoint=lambda step: seen.append(unet.conv_in.weight.detach().clone()),
+        )
+        return unet.conv_in.weight.detach(), seen
+
+    full, checkpoints = run()
+    stopped, none = run(unet_stop=3)
+    # the same steps on the same learning-rate schedule: the stop's weights are the checkpoint's
+    assert torch.equal(stopped, checkpoints[0]) and not torch.equal(stopped, full)
+    assert none == []  # the stop is the end, not a checkpoint
+    with pytest.raises(InvalidParameterError, match="unet_stop"):
+        TrainConfig(unet_steps=10, unet_stop=11)
