@@ -366,15 +366,13 @@ def train_sd(
     images, _, scenes = render_dataset(cfg.n_images, seed=cfg.seed, split="train")
     captions = caption_variants(scenes, seed=cfg.seed)
     logger.info("rendered %d training scenes in %.1f s", len(images), time.perf_counter() - t0)
-    modules = build_toy_components(seed=cfg.seed)
-    if start is not None:
-        modules["unet"], modules["text_encoder"] = start["unet"], start["text_encoder"]
+    modules = start if start is not None else build_toy_components(seed=cfg.seed)
     vae_stats: dict
     if vae_from is None:
         vae_stats = train_vae(modules["vae"], images, cfg, generator)
         latents = vae_stats.pop("latents") * vae_stats["scaling_factor"]
     else:
-        vae: Any = load_toy_components(vae_from)["vae"].eval()
+        vae: Any = (start or load_toy_components(vae_from))["vae"].eval()
         modules["vae"] = vae
         vae_stats = {"from": str(vae_from), "scaling_factor": vae.config.scaling_factor}
         with torch.no_grad():

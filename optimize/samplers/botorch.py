@@ -455,7 +455,7 @@ class BoTorchSampler(BaseSampler):
             try:
                 model = fit_gp(X, Y, bounds, cat_dims, init=previous.state)
             except RuntimeError:  # as above; a fresh fit follows
-                model = None
+                pass
         if model is None:
             model = fit_gp(X, Y, bounds, cat_dims)
         self._fits[key] = _FitState(hyperparameters(model), n)
