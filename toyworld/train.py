@@ -331,9 +331,10 @@ def continuation_start(init_from: Path, vae_from: Path | None = None) -> dict[st
 
     if vae_from is not None and Path(vae_from).resolve() != Path(init_from).resolve():
         raise InvalidParameterError("init_from keeps its own VAE; vae_from must be unset or the same folder")
+    modules = load_toy_components(Path(init_from))  # first: a missing checkpoint says so
     if saved_scheduler_config(Path(init_from)) != scheduler_config():
         raise InvalidParameterError(f"{init_from} was trained with another noise schedule; it cannot be continued")
-    return load_toy_components(Path(init_from))
+    return modules
 
 
 def train_sd(

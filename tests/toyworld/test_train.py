@@ -193,3 +193,23 @@ def test_a_stopped_run_ends_with_the_checkpoint_of_the_full_run_at_that_step():
     assert none == []  # the stop is the end, not a checkpoint
     with pytest.raises(InvalidParameterError, match="unet_stop"):
         TrainConfig(unet_steps=10, unet_stop=11)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--unet-lr", "-1"], "unet_lr"),
+        (["--unet-steps", "10", "--unet-stop", "11"], "unet_stop"),
+        (["--init-from", "{tmp}/nothing"], "no toy checkpoint"),
+    ],
+)
+def test_bad_training_input_is_one_line_and_exit_2_before_anything_is_written(tmp_path, capsys, argv, message):
+    from toyworld.train import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv] + ["--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+    assert not out.exists()
