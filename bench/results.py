@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from fabric.files import write_text_atomic
 
 __all__ = ["write_json"]
 
@@ -18,13 +18,4 @@ def write_json(path: Path, data: Any, *, indent: int = 1) -> None:
     leaves the previous result or none, never half a file. Values JSON does not know (paths,
     dtypes, devices) are written as their ``str``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=indent, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(data, indent=indent, default=str) + "\n")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fabric.errors import ConfigError, FabricOptError
+from fabric.files import write_text_atomic
 from fabric.params import FabricParams
 
 __all__ = ["PRESET_FORMAT", "PRESET_VERSION", "preset_dict", "write_preset", "read_preset", "load_params"]
@@ -22,11 +23,7 @@ def preset_dict(params: FabricParams, **extra: Any) -> dict[str, Any]:
 
 
 def write_preset(path: str | Path, params: FabricParams, **extra: Any) -> Path:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(preset_dict(params, **extra), indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a preset
-    return path
+    return write_text_atomic(path, json.dumps(preset_dict(params, **extra), indent=2) + "\n")
 
 
 def read_preset(path: str | Path) -> dict[str, Any]:

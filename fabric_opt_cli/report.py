@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import typer
 
 from fabric.errors import ConfigError
+from fabric.files import replacing
 from fabric_opt_cli import options
 from fabric_opt_cli.console import RichProgress, get_console, print_recommendation, quiet_libraries
 
@@ -112,7 +113,8 @@ def report(
             progress.phase("replay: showcase", completed=plan["baseline"] + plan["compare"])
             rows = showcase_candidates(result.recommendation, config.space, config.compare_with)
             image = feedback_showcase(evaluator, rows, prompts=range(n_showcase))
-            image.save(out_dir / "showcase.png")
+            with replacing(out_dir / "showcase.png") as tmp:
+                image.save(tmp, format="PNG")
             files.append(out_dir / "showcase.png")
         progress.evaluating("logging the report to MLflow")
         if tracker.attach(opt_study):

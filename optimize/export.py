@@ -45,13 +45,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from fabric.errors import ConfigError, ImageError
+from fabric.files import copy_atomic, write_text_atomic
 from fabric.params import FabricParams
 from fabric.schedule import active_steps
 from optimize.frontends import A1111_CFG_STEP, A1111_RANGE_STEP, A1111_WEIGHT_STEP, snap
@@ -181,13 +181,10 @@ class Export:
             if isinstance(source, Path) and not source.is_file():
                 raise ImageError(f"reference image not found: {source}")
         for target, source in zip(paths, sources):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
             if isinstance(source, Path):
-                shutil.copyfile(source, tmp)
+                copy_atomic(source, target)
             else:
-                tmp.write_text(source, encoding="utf-8")
-            tmp.replace(target)
+                write_text_atomic(target, source)
         return paths
 
     def usage_for(self, path: str | Path) -> list[str]:

@@ -45,8 +45,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from fabric.checks import check_int
 from fabric.errors import ConfigError
+from fabric.files import write_text_atomic
 from fabric.images import ImageLike, ReferenceImage, image_key, load_image
 from fabric.params import FabricParams
 from fabric.seeds import stable_seed
@@ -928,12 +927,7 @@ class TrialEvaluator:
             return
         data = self._read_cache()
         data[key] = baseline
-        self.baseline_cache.parent.mkdir(parents=True, exist_ok=True)
-        # Write-then-rename, so a concurrent reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=self.baseline_cache.parent, prefix=".baseline-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, self.baseline_cache)
+        write_text_atomic(self.baseline_cache, json.dumps(data))  # a concurrent reader never sees half
 
 
 def evaluate(

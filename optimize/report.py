@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fabric.errors import ConfigError
+from fabric.files import replacing, write_text_atomic
 from optimize.workers import finished_states
 
 if TYPE_CHECKING:
@@ -381,8 +382,8 @@ def _figure(width: float, height: float):
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")  # a bare Figure renders through the Agg canvas
+    with replacing(path) as tmp:  # every study worker draws the same plots at the end
+        fig.savefig(tmp, format="png")  # a bare Figure renders through the Agg canvas
     return path
 
 
@@ -575,10 +576,7 @@ def write_trial_table(study: optuna.Study, names: Sequence[str], path: str | Pat
             t.number, t.state.name, *(f"{v:.6g}" for v in values), *([""] * (len(value_names) - len(values))),
             t.user_attrs.get("warm_start", ""), *(params.get(k, "") for k in fields),
         ])  # fmt: skip
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(buffer.getvalue(), encoding="utf-8")
-    return path
+    return write_text_atomic(path, buffer.getvalue())
 
 
 def write_report(report: StudyReport, study: optuna.Study, out_dir: str | Path) -> list[Path]:
@@ -593,7 +591,6 @@ def write_report(report: StudyReport, study: optuna.Study, out_dir: str | Path) 
         names=report.objective_names,
     )
     json_path = out_dir / "report.json"
-    json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    md_path = out_dir / "report.md"
-    md_path.write_text(report.to_markdown() + "\n", encoding="utf-8")
+    write_text_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    md_path = write_text_atomic(out_dir / "report.md", report.to_markdown() + "\n")
     return [json_path, md_path, *files]
