@@ -990,9 +990,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs.sort(key=lambda j: not j[1].startswith(("botorch", "gp")))  # the slow ones first
     runs = _pool(run_one, jobs, args.workers)
     summary = summarize(runs, checkpoints)
-    args.out.write_text(
-        json.dumps({**meta, "wall_s": time.perf_counter() - start, "summary": summary, "runs": runs}, indent=1)
-    )
+    write_json(args.out, {**meta, "wall_s": time.perf_counter() - start, "summary": summary, "runs": runs})
     print(markdown(summary, checkpoints))  # noqa: T201
     logger.info("wrote %s in %.0f s on %s", args.out, time.perf_counter() - start, machine())
 
