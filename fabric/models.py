@@ -365,7 +365,8 @@ def _own_aligned_storage(pipe) -> None:
     so the same weights loaded from a folder and from a single file gave images that differed in
     the last bits on AMD EPYC. PyTorch's CPU allocator aligns to 64 bytes, so after the copy both
     loads run the same kernels on the same layouts. Tied weights stay tied: a parameter is one
-    object, copied once.
+    object, copied once. The file's buffer lives until its last view is replaced, so loading
+    briefly holds up to twice the model's weights in memory.
     """
     with torch.no_grad():
         for component in pipe.components.values():

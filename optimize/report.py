@@ -590,7 +590,6 @@ def write_report(report: StudyReport, study: optuna.Study, out_dir: str | Path) 
         recommendation=report.recommendation,
         names=report.objective_names,
     )
-    json_path = out_dir / "report.json"
-    write_text_atomic(json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    json_path = write_text_atomic(out_dir / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     md_path = write_text_atomic(out_dir / "report.md", report.to_markdown() + "\n")
     return [json_path, md_path, *files]
