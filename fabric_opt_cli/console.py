@@ -7,6 +7,7 @@ migration are quieted to warnings, since the progress bars and summaries say the
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from optimize.study import StudyProgress
@@ -40,6 +41,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # a URL per trial run; the summary has one
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # linear_operator (under BoTorch) decorates functions with torch.jit.script at import, which
+    # torch 2.14 deprecates: a warning no user of this command can act on.
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
 
 
 def get_console(stderr: bool = False):
