@@ -856,6 +856,50 @@ def _task_options(config: Any, sampler: str) -> dict:
     return {}
 
 
+def _task_gains(results: list[dict], sampler: str, checkpoint: int, reference: str) -> dict[int, float]:
+    """``seed -> held-out gain over reference`` of ``sampler``'s recommendation after ``checkpoint`` trials."""
+    gains = {}
+    for r in results:
+        if r["sampler"] == sampler:
+            mean = r.get("checkpoints", {}).get(str(checkpoint), {}).get("heldout", {}).get(reference, {}).get("mean")
+            if mean is not None:
+                gains[r["seed"]] = mean
+    return gains
+
+
+def _sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of ``wins`` against ``losses`` (ties left out), p under 50:50."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def task_ranking(results: list[dict], checkpoints: Sequence[int], reference: str = "paper") -> list[str]:
+    """Samplers from best to worst on the real task, by issue #16's rule as fixed before the runs:
+    the median held-out gain over seeds after the last checkpoint (the budget a study runs),
+    medians equal to three decimals tied; ties broken by the median after the first checkpoint, then by
+    the mean over all checkpoints and seeds."""
+    first, last = checkpoints[0], checkpoints[-1]
+
+    def key(sampler: str) -> tuple[float, float, float]:
+        at = {t: list(_task_gains(results, sampler, t, reference).values()) for t in checkpoints}
+        every = [g for t in checkpoints for g in at[t]]
+        if not at[last]:
+            return (-math.inf, -math.inf, -math.inf)
+        return (
+            round(float(np.median(at[last])), 3),
+            float(np.median(at[first])) if at[first] else -math.inf,
+            float(np.mean(every)),
+        )
+
+    samplers = sorted(
+        {r["sampler"] for r in results}, key=lambda s: SAMPLERS.index(s) if s in SAMPLERS else len(SAMPLERS)
+    )
+    return sorted(samplers, key=key, reverse=True)
+
+
 def task_markdown(results: list[dict], checkpoints: Sequence[int], reference: str = "paper") -> str:
     """Held-out gain over ``reference`` per sampler and checkpoint: median over seeds, and per seed."""
     seeds = sorted({r["seed"] for r in results})
@@ -877,6 +921,26 @@ def task_markdown(results: list[dict], checkpoints: Sequence[int], reference: st
                 + ", ".join("n/a" if v is None else f"{v:+.3f}" for v in per_seed)
                 + " |"
             )
+    ranking = task_ranking(results, checkpoints, reference)
+    lines += [
+        "",
+        f"Ranking (median gain after {checkpoints[-1]} trials, ties by {checkpoints[0]}): " + " > ".join(ranking),
+    ]
+    # paired per seed against the default sampler: how often each other sampler's gain is higher
+    default = "botorch"
+    for t in checkpoints:
+        ours = _task_gains(results, default, t, reference)
+        cells = []
+        for sampler in ranking:
+            if sampler == default:
+                continue
+            theirs = _task_gains(results, sampler, t, reference)
+            seeds_both = sorted(set(ours) & set(theirs))
+            diffs = [theirs[s] - ours[s] for s in seeds_both]
+            ahead = sum(d > 0 for d in diffs)
+            behind = sum(d < 0 for d in diffs)
+            cells.append(f"{sampler} ahead on {ahead}/{len(diffs)} (sign test p = {_sign_test(ahead, behind):.2g})")
+        lines.append(f"After {t} trials, paired per seed against {default}: " + "; ".join(cells))
     return "\n".join(lines)
 
 
