@@ -16,7 +16,7 @@ commented example)::
     protocol: {feedback: preference, rounds: 3, n_images: 4, steps: 20, guidance_scale: 6.0,
                negative_prompt: "...", temperature: 0.0, value: improvement}
     search_space: {extends: default}   # optimize.SearchSpace.from_dict layout
-    sampler: botorch                   # or {name: botorch, options: {n_startup_trials: 8}}
+    sampler: gp                        # the default; or {name: botorch, options: {n_startup_trials: 8}}
     pruner: median                     # none | median | wilcoxon, or {name: ..., options: {...}}
     trials: 40                         # total budget of the study (resuming runs up to it)
     seed: 0                            # image seeds, the simulated user and the sampler
@@ -54,6 +54,7 @@ from fabric.checks import check_int
 from fabric.errors import ConfigError, FabricOptError
 from optimize.prompts import PromptSet, load_prompts, resolve_source
 from optimize.protocol import DEFAULT_NEGATIVE_PROMPT, Protocol
+from optimize.samplers.registry import DEFAULT_SAMPLER
 from optimize.space import SearchSpace
 
 __all__ = [
@@ -206,7 +207,7 @@ class StudyConfig:
     metrics: tuple[str, ...] = ()
     objective_weights: Mapping[str, str] = field(default_factory=dict)
     objective_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    sampler: str = "botorch"
+    sampler: str = DEFAULT_SAMPLER
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
     pruner: str = "none"
     pruner_options: Mapping[str, Any] = field(default_factory=dict)
@@ -462,7 +463,7 @@ class StudyConfig:
         base_changes = {k: protocol_data[k] for k in ("steps", "guidance_scale") if protocol_data.get(k) is not None}
         if base_changes:
             space = dataclasses.replace(space, base=space.base.replace(**base_changes))
-        sampler, sampler_options = _named(data.get("sampler", "botorch"), "sampler")
+        sampler, sampler_options = _named(data.get("sampler", DEFAULT_SAMPLER), "sampler")
         pruner, pruner_options = _named(data.get("pruner", "none"), "pruner")
         trials = data.get("trials", 20)
         return cls(

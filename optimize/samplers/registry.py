@@ -2,7 +2,13 @@
 
 Every entry is a factory ``(seed, **options) -> optuna.samplers.BaseSampler``; all of them run
 through Optuna studies, so storage, workers, ask/tell and pruners work the same whichever is
-chosen. ``botorch`` (our :class:`~optimize.samplers.botorch.BoTorchSampler`) is the default.
+chosen.
+
+The default is ``gp`` (Optuna's GPSampler), by issue #16's rule: the sampler whose recommendation
+gained most on held-out prompts in the toy study (docs/BENCHMARKS.md, "The real task"). No
+sampler beat another there beyond seed noise; ``botorch`` (our
+:class:`~optimize.samplers.botorch.BoTorchSampler`) is the one to pick when trials can fail or
+several workers share a study (docs/STUDIES.md, "Samplers").
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_SAMPLER", "SamplerFactory", "available_samplers", "make_sampler", "register_sampler"]
 
-DEFAULT_SAMPLER = "botorch"
+DEFAULT_SAMPLER = "gp"
 
 SamplerFactory = Callable[..., "BaseSampler"]
 _REGISTRY: dict[str, SamplerFactory] = {}

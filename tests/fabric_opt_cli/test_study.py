@@ -282,7 +282,7 @@ def test_study_modules_import_no_heavy_library():
 
 
 def test_commands_hide_the_torch_jit_deprecation_from_botorch_imports():
-    # linear_operator (imported with BoTorch, the default sampler) warns at import under torch 2.14;
+    # linear_operator (imported with BoTorch, the demo's sampler) warns at import under torch 2.14;
     # pytest's own filters hide it here, so each case runs in a fresh interpreter.
     import subprocess
     import sys

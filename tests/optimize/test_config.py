@@ -12,6 +12,7 @@ from fabric.errors import ConfigError
 from fabric.params import FabricParams
 from optimize.config import StudyConfig, available_studies, load_study_config, read_study_data, resolve_study
 from optimize.protocol import DEFAULT_NEGATIVE_PROMPT
+from optimize.samplers import DEFAULT_SAMPLER
 
 PAPER_NEGATIVE = "lowres, bad anatomy, bad hands, cropped, worst quality"
 
@@ -44,7 +45,10 @@ def test_builtin_studies():
     assert pick.protocol.negative_prompt == PAPER_NEGATIVE == DEFAULT_NEGATIVE_PROMPT
     assert pick.protocol.feedback == "preference" and pick.metrics == ("diversity",)
     assert len(pick.protocol.prompts) == 16 and len(pick.protocol.validation_prompts) == 8
-    assert pick.sampler == "botorch" and pick.warm_start == ("paper", "a1111")
+    assert (
+        pick.sampler == DEFAULT_SAMPLER == "gp" and pick.sampler_options == {} and pick.warm_start == ("paper", "a1111")
+    )
+    assert load_study_config("pickscore-diversity").sampler == "botorch"  # two objectives: qLogNEHVI
     assert load_study_config("hps").objective == "hpsv2"
     pareto = load_study_config("pickscore-diversity")
     assert pareto.multi_objective and pareto.feedback_objective == "pickscore" and not pareto.protocol.prune
@@ -70,6 +74,8 @@ def test_toy_studies_steer_colour_free_prompts_towards_a_taste():
     assert noisy.protocol.prompts == toy.protocol.prompts and noisy.trials == toy.trials
     assert demo.protocol.prompts == toy.protocol.prompts[:2] and len(demo.protocol.validation_prompts) == 4
     assert (demo.protocol.rounds, demo.steps, demo.trials) == (2, 10, 10)
+    # the default sampler for the evidence; the 10-trial demo keeps botorch (gp would be all random startup)
+    assert (toy.sampler, noisy.sampler, demo.sampler) == (DEFAULT_SAMPLER, DEFAULT_SAMPLER, "botorch")
     no_dropout = load_study_config("toy-no-dropout")
     space = no_dropout.space
     assert "prompt_dropout" not in space.names and space.fixed == {"prompt_dropout": 0.0}
