@@ -909,12 +909,9 @@ def task_markdown(results: list[dict], checkpoints: Sequence[int], reference: st
     ]
     for sampler in [s for s in SAMPLERS if any(r["sampler"] == s for r in results)]:
         for t in checkpoints:
-            per_seed = []
-            for seed in seeds:
-                r = next((r for r in results if r["sampler"] == sampler and r["seed"] == seed), None)
-                cell = (r or {}).get("checkpoints", {}).get(str(t), {})
-                per_seed.append(cell.get("heldout", {}).get(reference, {}).get("mean"))
-            known = [v for v in per_seed if v is not None]
+            gains = _task_gains(results, sampler, t, reference)
+            per_seed = [gains.get(seed) for seed in seeds]
+            known = list(gains.values())
             med = f"{np.median(known):+.3f}" if known else "n/a"
             lines.append(
                 f"| {sampler} | {t} | {med} | "
@@ -927,12 +924,12 @@ def task_markdown(results: list[dict], checkpoints: Sequence[int], reference: st
         f"Ranking (median gain after {checkpoints[-1]} trials, ties by {checkpoints[0]}): " + " > ".join(ranking),
     ]
     # paired per seed against our sampler (the default until issue #16's rule chose by this table)
-    default = "botorch"
+    base = "botorch"
     for t in checkpoints:
-        ours = _task_gains(results, default, t, reference)
+        ours = _task_gains(results, base, t, reference)
         cells = []
         for sampler in ranking:
-            if sampler == default:
+            if sampler == base:
                 continue
             theirs = _task_gains(results, sampler, t, reference)
             seeds_both = sorted(set(ours) & set(theirs))
@@ -940,7 +937,7 @@ def task_markdown(results: list[dict], checkpoints: Sequence[int], reference: st
             ahead = sum(d > 0 for d in diffs)
             behind = sum(d < 0 for d in diffs)
             cells.append(f"{sampler} ahead on {ahead}/{len(diffs)} (sign test p = {_sign_test(ahead, behind):.2g})")
-        lines.append(f"After {t} trials, paired per seed against {default}: " + "; ".join(cells))
+        lines.append(f"After {t} trials, paired per seed against {base}: " + "; ".join(cells))
     return "\n".join(lines)
 
 
